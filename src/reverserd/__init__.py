@@ -1,0 +1,22 @@
+"""reverserd: a line-reversing TCP service run as a well-behaved Unix daemon.
+
+The names an application file needs are importable from here.
+"""
+
+__version__ = "0.1.0"
+
+from reverserd.internet import TCPServer  # noqa: E402
+from reverserd.protocol import LineHandler, Reverser  # noqa: E402
+from reverserd.reversal import reverse  # noqa: E402
+from reverserd.service import Application, MultiService, Service  # noqa: E402
+
+__all__ = [
+    "Application",
+    "LineHandler",
+    "MultiService",
+    "Reverser",
+    "Service",
+    "TCPServer",
+    "__version__",
+    "reverse",
+]

@@ -1,0 +1,15 @@
+"""Failures the operator can fix, reported as one line instead of a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A startup problem caused by the environment or the options given."""
+
+    exit_status = 1
+
+
+class UsageError(UserError):
+    """The command line itself is wrong (argparse's convention: exit 2)."""
+
+    exit_status = 2

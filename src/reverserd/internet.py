@@ -1,0 +1,153 @@
+"""TCP services: bind while privileged, serve on the event loop, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from reverserd.errors import UserError
+from reverserd.protocol import LineHandler
+from reverserd.service import Service
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKLOG = 128
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+
+def format_address(host: str, port: int) -> str:
+    """``host:port``, with IPv6 hosts in brackets so the port stays readable."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_listening_socket(interface: str, port: int, backlog: int) -> socket.socket:
+    """A non-blocking socket bound to ``interface:port`` and already listening.
+
+    Listening straight away means clients that connect before the event loop
+    runs wait in the backlog instead of being refused.
+    """
+    where = format_address(interface, port)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            interface, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise UserError(f"cannot listen on {where}: {error.strerror.lower()}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        reason = os.strerror(error.errno).lower() if error.errno else str(error)
+        raise UserError(f"cannot listen on {where}: {reason}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class TCPServer(Service):
+    """Serves ``handler_class`` on one TCP port.
+
+    The socket is bound in ``privileged_start_service`` so a port below 1024
+    can be taken before root is given up. ``stop_service`` stops accepting,
+    lets every connection answer the lines it already received, and closes
+    what is still open after ``shutdown_timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        handler_class: type[LineHandler],
+        interface: str = "127.0.0.1",
+        backlog: int = DEFAULT_BACKLOG,
+        *,
+        max_line_length: int | None = None,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        self.port = port
+        self.handler_class = handler_class
+        self.interface = interface
+        self.backlog = backlog
+        self.max_line_length = max_line_length
+        self.shutdown_timeout = shutdown_timeout
+        self._socket: socket.socket | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: dict[LineHandler, asyncio.Task[object]] = {}
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the server listens; the real port once bound (``port=0``)."""
+        if self._socket is None:
+            return self.interface, self.port
+        host, port = self._socket.getsockname()[:2]
+        return host, port
+
+    def privileged_start_service(self) -> None:
+        super().privileged_start_service()
+        if self._socket is None:
+            self._socket = bind_listening_socket(self.interface, self.port, self.backlog)
+
+    async def start_service(self) -> None:
+        if self._socket is None:
+            self.privileged_start_service()
+        self._server = await asyncio.start_server(
+            self._serve_connection, sock=self._socket, backlog=self.backlog
+        )
+        await super().start_service()
+        log.info("listening on %s", format_address(*self.address))
+
+    async def stop_service(self) -> None:
+        await super().stop_service()
+        if self._server is None:
+            self._close_socket()
+            return
+        where = format_address(*self.address)
+        self._server.close()
+        await self._finish_connections()
+        await self._server.wait_closed()
+        self._server = None
+        self._socket = None
+        log.info("stopped listening on %s", where)
+
+    async def _finish_connections(self) -> None:
+        """Let open connections answer what they hold, within the grace period.
+
+        Loops because a connection accepted just before the listening socket
+        closed may only register once the loop turns.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_timeout
+        while self._connections:
+            connections = dict(self._connections)
+            for handler in connections:
+                handler.request_stop()
+            remaining = max(0.0, deadline - loop.time())
+            _, late = await asyncio.wait(connections.values(), timeout=remaining)
+            if late:
+                log.warning("closing %d connection(s) still busy after %.1f s",
+                            len(late), self.shutdown_timeout)
+                for handler, task in connections.items():
+                    if task in late:
+                        handler.abort()
+                        task.cancel()
+                await asyncio.wait(late)
+
+    def _close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    async def _serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        handler = self.handler_class(reader, writer, max_line_length=self.max_line_length)
+        task = asyncio.current_task()
+        assert task is not None  # start_server runs each connection in its own task
+        self._connections[handler] = task
+        try:
+            await handler.serve()
+        finally:
+            del self._connections[handler]

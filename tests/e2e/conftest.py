@@ -1,0 +1,36 @@
+"""A real ``reverserd`` process per test, always ended by its pid."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.e2e.support import REVERSERD, ReverserdProcess
+
+
+@pytest.fixture
+def reverserd(tmp_path: pathlib.Path) -> Iterator[Callable[..., ReverserdProcess]]:
+    """Start ``reverserd ARGS`` in ``tmp_path``; every one started is ended at teardown."""
+    started: list[ReverserdProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None,
+              command: list[str] | None = None) -> ReverserdProcess:
+        process = ReverserdProcess([*(command or [REVERSERD]), *args], tmp_path,
+                                   {**os.environ, **(env or {})})
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.end()
+
+
+@pytest.fixture
+def server(reverserd: Callable[..., ReverserdProcess]) -> ReverserdProcess:
+    """The built-in reverser in the foreground on a free port, debug logging on."""
+    process = reverserd("--foreground", "--port", "0", "--log-level", "debug")
+    process.port  # noqa: B018 - waits until it serves
+    return process

@@ -1,0 +1,156 @@
+"""Helpers for end-to-end tests: a real reverserd process, real sockets, polling."""
+
+from __future__ import annotations
+
+import os
+import select
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+BIN = pathlib.Path(sys.executable).parent
+REVERSERD = str(BIN / "reverserd")
+DEADLINE = 15.0
+LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = DEADLINE) -> object:
+    """Poll ``condition`` until it returns something true, or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class ReverserdProcess:
+    """A reverserd child whose stdout (its log, in the foreground) is collected."""
+
+    def __init__(self, args: list[str], cwd: pathlib.Path, env: dict[str, str]) -> None:
+        self.popen = subprocess.Popen(
+            args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.pid = self.popen.pid
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._collect, daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        assert self.popen.stdout is not None
+        for raw in self.popen.stdout:
+            with self._lock:
+                self._lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    @property
+    def log(self) -> list[str]:
+        with self._lock:
+            return list(self._lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = DEADLINE) -> re.Match[str]:
+        regex = re.compile(pattern)
+
+        def found() -> re.Match[str] | None:
+            for line in self.log:
+                match = regex.search(line)
+                if match:
+                    return match
+            if self.popen.poll() is not None:
+                raise AssertionError(
+                    f"reverserd exited ({self.popen.returncode}) before logging {pattern!r}; "
+                    f"log: {self.log}; stderr: {self.stderr()}"
+                )
+            return None
+
+        return wait_until(found, f"log line {pattern!r}", timeout)  # type: ignore[return-value]
+
+    @property
+    def port(self) -> int:
+        return int(self.wait_for_log(LISTENING.pattern).group(1))
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = DEADLINE) -> int:
+        status = self.popen.wait(timeout)
+        self._reader.join(timeout)
+        return status
+
+    def stderr(self) -> str:
+        if self.popen.poll() is None or self.popen.stderr is None:
+            return ""
+        return self.popen.stderr.read().decode("utf-8", "replace")
+
+    def end(self) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.popen.wait()
+        for stream in (self.popen.stdout, self.popen.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def connect(port: int, timeout: float = DEADLINE) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def receive_exactly(sock: socket.socket, size: int) -> bytes:
+    """Read ``size`` bytes, failing if the peer closes first."""
+    chunks, received = [], 0
+    while received < size:
+        chunk = sock.recv(min(size - received, 1 << 20))
+        if not chunk:
+            raise AssertionError(f"connection closed after {received} of {size} bytes")
+        chunks.append(chunk)
+        received += len(chunk)
+    return b"".join(chunks)
+
+
+def receive_until_closed(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes (the socket's timeout bounds it)."""
+    chunks = []
+    while chunk := sock.recv(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def small_buffered_client(port: int) -> socket.socket:
+    """A connected socket with small kernel buffers, so it stalls quickly."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def send_until_stalled(sock: socket.socket, line: bytes, budget: int) -> int:
+    """Send ``line`` over and over without reading until the peer stops taking
+    data (no room for 2 s) or ``budget`` bytes are out; returns bytes sent."""
+    batch = memoryview(line * 1024)
+    sent = 0
+    deadline = time.monotonic() + 60
+    sock.setblocking(False)
+    try:
+        while sent < budget and time.monotonic() < deadline:
+            try:
+                sent += sock.send(batch[sent % len(batch):])  # one continuous stream
+            except BlockingIOError:
+                _, writable, _ = select.select([], [sock], [], 2.0)
+                if not writable:
+                    break
+    finally:
+        sock.setblocking(True)
+        sock.settimeout(DEADLINE)
+    return sent

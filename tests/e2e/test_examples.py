@@ -1,0 +1,28 @@
+"""The examples shipped in examples/ keep working as README shows them."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import signal
+
+from tests.e2e.support import connect, receive_until_closed
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_time_app_answers_time_and_reverses(reverserd) -> None:
+    process = reverserd("--foreground", "-y", str(EXAMPLES / "time_app.py"),
+                        env={"TIME_APP_PORT": "0"})
+    process.wait_for_log(r"application time-reverser")
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    with connect(process.port) as sock:
+        sock.sendall(b"hello\r\ntime\r\nquit\r\n")
+        hello, time_line, rest = receive_until_closed(sock).split(b"\r\n")
+    after = datetime.datetime.now(datetime.timezone.utc)
+    assert hello == b"olleh"
+    assert rest == b""
+    told = datetime.datetime.fromisoformat(time_line.decode())
+    assert before <= told <= after
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0

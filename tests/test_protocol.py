@@ -1,0 +1,104 @@
+"""LineHandler rules that are easiest to see in-process, on real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from reverserd import LineHandler, Reverser, TCPServer
+from reverserd.errors import UserError
+
+
+class Commands(Reverser):
+    label = "not callable"
+    handle_label = "not callable either"
+
+    def handle_time(self) -> str:
+        return "noon"
+
+    def handle_x2_y(self) -> bytes:
+        return b"raw"
+
+    def handle_Upper(self) -> str:  # noqa: N802 - shows that capitals never dispatch
+        return "unreachable"
+
+    def handle_(self) -> str:
+        return "unreachable"
+
+
+def test_command_table_holds_only_lowercase_handle_methods() -> None:
+    assert Commands._commands == {b"quit": "handle_quit", b"time": "handle_time",
+                                  b"x2_y": "handle_x2_y"}
+    assert Reverser._commands == {b"quit": "handle_quit"}
+    assert LineHandler._commands == {b"quit": "handle_quit"}
+
+
+async def exchange(handler: type[LineHandler], payload: bytes, **server_options: object
+                   ) -> tuple[bytes, TCPServer]:
+    server = TCPServer(0, handler, **server_options)  # type: ignore[arg-type]
+    await server.start_service()
+    try:
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        reply = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        await server.stop_service()
+    return reply, server
+
+
+def test_command_replies_keep_the_line_ending() -> None:
+    reply, _ = asyncio.run(exchange(Commands, b"time\r\nx2_y\nUpper\nhandle_time\n"))
+    assert reply == b"noon\r\nraw\nreppU\nemit_eldnah\n"
+
+
+class CountingWrites(Reverser):
+    writes: list[bytes] = []
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 max_line_length: int | None = None) -> None:
+        super().__init__(reader, writer, max_line_length)
+        real_write = writer.write
+
+        def counted(data: bytes) -> None:
+            CountingWrites.writes.append(bytes(data))
+            real_write(data)
+
+        writer.write = counted  # type: ignore[method-assign]
+
+
+def test_replies_to_one_read_are_written_together() -> None:
+    lines = b"".join(b"line %d\n" % number for number in range(200))
+    reply, _ = asyncio.run(exchange(CountingWrites, lines))
+    assert reply == b"".join((b"line %d" % number)[::-1] + b"\n" for number in range(200))
+    assert CountingWrites.writes == [reply]
+
+
+def test_max_line_length_option_overrides_the_class_default() -> None:
+    reply, _ = asyncio.run(exchange(Reverser, b"abc\nabcd\nnot answered\n", max_line_length=3))
+    assert reply == b"cba\n"
+
+
+def test_binding_a_taken_port_is_a_user_error() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        server = TCPServer(port, Reverser)
+        with pytest.raises(UserError, match=rf"^cannot listen on 127\.0\.0\.1:{port}: "
+                                            "address already in use$"):
+            server.privileged_start_service()
+
+
+def test_port_zero_reports_the_port_bound_and_releases_it_on_stop() -> None:
+    server = TCPServer(0, Reverser)
+    server.privileged_start_service()
+    host, port = server.address
+    assert host == "127.0.0.1" and port > 0
+    asyncio.run(server.stop_service())
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))
