@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = config.Config()
     parser = _Parser(
         prog="reverserd",
+        allow_abbrev=False,
         description="Serve the line-reversing protocol (or any application file) "
         "as a well-behaved Unix service.",
     )
@@ -58,12 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address the built-in reverser listens on (default: %(default)s)")
     parser.add_argument("--max-line-length", type=_option_type(config.parse_positive_int),
                         default=defaults.max_line_length, metavar="BYTES",
-                        help="close a connection that sends a longer line "
-                        "(default: %(default)s)")
+                        help="the built-in reverser closes a connection that sends a "
+                        "longer line (default: %(default)s)")
     parser.add_argument("--shutdown-timeout", type=_option_type(config.parse_seconds),
                         default=defaults.shutdown_timeout, metavar="SECONDS",
-                        help="at stop, how long connections may take to answer what "
-                        "they received (default: %(default)s)")
+                        help="at stop, how long the built-in reverser's connections may "
+                        "take to answer what they received (default: %(default)s)")
     parser.add_argument("--log-level", type=_option_type(config.parse_log_level),
                         default=defaults.log_level, metavar="LEVEL",
                         help=f"one of {', '.join(LEVELS)} (default: %(default)s)")
@@ -79,7 +80,6 @@ def parse_config(argv: Sequence[str] | None = None) -> config.Config:
         parser.print_usage(sys.stderr)
         raise UsageError("give a verb (run) or --foreground")
     return config.Config(
-        foreground=True,
         port=options.port,
         interface=options.interface,
         max_line_length=options.max_line_length,

@@ -17,7 +17,6 @@ DEFAULT_INTERFACE = "127.0.0.1"
 class Config:
     """One run's settings, validated before anything starts."""
 
-    foreground: bool = False
     port: int = DEFAULT_PORT
     interface: str = DEFAULT_INTERFACE
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH

@@ -36,6 +36,27 @@ def test_nc_last_line_without_newline_is_answered_at_eof(server: ReverserdProces
     assert result.stdout == b"cba\n"
 
 
+def test_nc_localhost_finds_the_server(server: ReverserdProcess, nc: str) -> None:
+    result = subprocess.run([nc, "localhost", str(server.port)], input=b"local\nquit\n",
+                            capture_output=True, timeout=DEADLINE)
+    assert result.stdout == b"lacol\n"
+
+
+def test_telnet_session_reverses_and_quits(server: ReverserdProcess) -> None:
+    telnet = shutil.which("telnet")
+    if telnet is None:
+        pytest.fail("telnet is not installed: 'make test' installs the telnet package")
+    with subprocess.Popen([telnet, "127.0.0.1", str(server.port)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as session:
+        assert session.stdin and session.stdout and session.stderr
+        session.stdin.write("noe\u0308l\nquit\n".encode())
+        session.stdin.flush()  # stdin stays open: telnet ends when the server closes
+        session.wait(timeout=DEADLINE)
+        stdout, stderr = session.stdout.read(), session.stderr.read()
+    assert stdout.endswith("\nle\u0308on\n".encode()), stdout
+    assert b"Connection closed by foreign host." in stderr
+
+
 def test_replies_keep_each_lines_ending(server: ReverserdProcess) -> None:
     with connect(server.port) as sock:
         sock.sendall(b"telnet\r\nnc\n\r\n\nmixed\r\n")

@@ -1,0 +1,80 @@
+"""`-y FILE` runs any application file; every way it can be wrong is one line."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+
+import pytest
+
+from tests.e2e.support import DEADLINE, REVERSERD, connect, receive_until_closed, wait_until
+
+
+def run_with(path: pathlib.Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([REVERSERD, "-n", "-y", str(path)], capture_output=True,
+                          text=True, timeout=DEADLINE, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (None, r"cannot load .*/app\.py: no such file"),
+        ("x = (\n", r".*/app\.py:1: syntax error: '\(' was never closed"),
+        ("import no_such_module_here\n",
+         r"cannot load .*/app\.py: ModuleNotFoundError: No module named 'no_such_module_here'"),
+        ("x = 1\n", r".*/app\.py defines no module-level 'application'"),
+        ("application = 'reverser'\n",
+         r"'application' in .*/app\.py is a str, not a reverserd\.Application"),
+    ],
+    ids=["missing", "syntax-error", "import-error", "no-application", "wrong-type"],
+)
+def test_bad_application_files_are_one_line_and_exit_1(tmp_path: pathlib.Path,
+                                                       source: str | None,
+                                                       message: str) -> None:
+    path = tmp_path / "app.py"
+    if source is not None:
+        path.write_text(source)
+    result = run_with(path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert re.fullmatch(f"reverserd: {message}\n", result.stderr), result.stderr
+
+
+def test_application_failing_to_start_is_one_line_and_exit_1(reverserd, tmp_path) -> None:
+    app = tmp_path / "broken.py"
+    app.write_text(
+        "from reverserd import Application, Service\n"
+        "class Broken(Service):\n"
+        "    async def start_service(self):\n"
+        "        raise OSError('disk on fire')\n"
+        "application = Application('broken')\n"
+        "Broken().set_service_parent(application)\n"
+    )
+    process = reverserd("-n", "-y", str(app))
+    assert process.wait() == 1
+    assert process.stderr() == ("reverserd: application broken failed to start: "
+                                "OSError: disk on fire\n")
+    process.wait_for_log(r"ERROR reverserd\.runner: application broken failed to start")
+
+
+def test_an_application_with_two_ports(reverserd, tmp_path) -> None:
+    app = tmp_path / "two.py"
+    app.write_text(
+        "from reverserd import Application, Reverser, TCPServer\n"
+        "application = Application('two')\n"
+        "TCPServer(0, Reverser).set_service_parent(application)\n"
+        "TCPServer(0, Reverser).set_service_parent(application)\n"
+    )
+    process = reverserd("-n", "-y", str(app))
+
+    def both_ports() -> list[int]:
+        ports = [int(line.rsplit(":", 1)[1]) for line in process.log if "listening on" in line]
+        return ports if len(ports) == 2 else []
+
+    ports = wait_until(both_ports, "two listening ports")
+    assert len(set(ports)) == 2
+    for port in ports:
+        with connect(port) as sock:
+            sock.sendall(b"ab\nquit\n")
+            assert receive_until_closed(sock) == b"ba\n"
