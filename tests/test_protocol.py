@@ -102,3 +102,11 @@ def test_port_zero_reports_the_port_bound_and_releases_it_on_stop() -> None:
     asyncio.run(server.stop_service())
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))
+
+
+def test_ipv6_loopback_is_served_and_written_in_brackets(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    reply, _ = asyncio.run(exchange(Reverser, b"six\n", interface="::1"))
+    assert reply == b"xis\n"
+    assert "listening on [::1]:" in caplog.text
+    assert "connection from [::1]:" in caplog.text

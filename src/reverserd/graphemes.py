@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import enum
-import functools
 import unicodedata
 from collections.abc import Iterator
 
@@ -149,9 +148,17 @@ def conjunct_break(char: str) -> Conjunct:
     return Conjunct.NONE
 
 
-@functools.lru_cache(maxsize=8192)
+_PROPERTIES: dict[str, tuple[Break, bool, Conjunct]] = {}
+
+
 def _properties(char: str) -> tuple[Break, bool, Conjunct]:
-    return grapheme_break(char), extended_pictographic(char), conjunct_break(char)
+    """All three properties of ``char``, computed once per distinct character."""
+    found = _PROPERTIES.get(char)
+    if found is None:
+        found = (grapheme_break(char), extended_pictographic(char), conjunct_break(char))
+        if len(_PROPERTIES) < 16384:  # bounded, whatever clients send
+            _PROPERTIES[char] = found
+    return found
 
 
 _HANGUL_L_FOLLOWERS = frozenset([Break.L, Break.V, Break.LV, Break.LVT])
@@ -175,6 +182,15 @@ def graphemes(text: str) -> Iterator[str]:
     regional_run = 1 if previous is Break.REGIONAL_INDICATOR else 0
     for index in range(1, len(text)):
         current, pictographic, conjunct = _properties(text[index])
+        if current is Break.OTHER and not pictographic and conjunct is Conjunct.NONE:
+            # The common case: only GB9b (after Prepend) keeps it attached,
+            # and it ends every sequence in progress.
+            if previous is not Break.PREPEND:
+                yield text[start:index]
+                start = index
+            emoji_sequence = conjunct_sequence = regional_run = 0
+            previous = current
+            continue
         if _is_boundary(previous, current, pictographic, conjunct,
                         emoji_sequence, conjunct_sequence, regional_run):
             yield text[start:index]

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 
+from reverserd.addresses import format_address
 from reverserd.errors import UserError
 from reverserd.protocol import LineHandler
 from reverserd.service import Service
@@ -15,11 +16,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BACKLOG = 128
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with IPv6 hosts in brackets so the port stays readable."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def bind_listening_socket(interface: str, port: int, backlog: int) -> socket.socket:

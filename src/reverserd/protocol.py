@@ -15,6 +15,7 @@ import re
 import socket
 from typing import ClassVar
 
+from reverserd.addresses import format_sockaddr
 from reverserd.reversal import reverse
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class LineHandler:
     ) -> None:
         self.reader = reader
         self.writer = writer
-        self.peer = _format_peer(writer.get_extra_info("peername"))
+        self.peer = format_sockaddr(writer.get_extra_info("peername"))
         if max_line_length is not None:
             self.max_line_length = max_line_length
         self._partial = b""
@@ -132,21 +133,26 @@ class LineHandler:
             if not data:
                 self._answer_last_line()
                 return
-            replies: list[bytes] = []
-            try:
-                self._answer(data, replies)
-            finally:
-                if replies:
-                    self.writer.write(b"".join(replies))
+            self._respond(data)
             await self.writer.drain()
 
     def _answer_last_line(self) -> None:
         if self._partial and not self._stopping:
-            replies: list[bytes] = []
-            self._answer(LF, replies)
-            self.writer.write(b"".join(replies))
+            self._respond(LF)
         elif self._partial:
             log.debug("dropping an unfinished line from %s at shutdown", self.peer)
+
+    def _respond(self, data: bytes) -> None:
+        """Answer the lines ``data`` completes with a single write.
+
+        Replies to the lines before a failing one are still sent.
+        """
+        replies: list[bytes] = []
+        try:
+            self._answer(data, replies)
+        finally:
+            if replies:
+                self.writer.write(b"".join(replies))
 
     def _answer(self, data: bytes, replies: list[bytes]) -> None:
         """Append to ``replies`` the answers to every line ``data`` completes."""
@@ -203,10 +209,3 @@ class Reverser(LineHandler):
 
     def line_received(self, line: bytes) -> bytes:
         return reverse(line)
-
-
-def _format_peer(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address)
