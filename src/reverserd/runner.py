@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
 import signal
+from collections.abc import Iterator
 
 from reverserd import __version__
 from reverserd.errors import UserError
@@ -17,8 +19,8 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class StartupFailed(UserError):
-    """The application raised while starting; its traceback is in the log."""
+class ApplicationFailed(UserError):
+    """The application raised while starting or stopping; the traceback is in the log."""
 
 
 def run(application: Application) -> None:
@@ -30,8 +32,10 @@ def run(application: Application) -> None:
     log.info("reverserd %s starting: Python %s, pid %d, application %s",
              __version__, platform.python_version(), os.getpid(), application.name)
     application.privileged_start_service()
-    asyncio.run(serve(application))
-    log.info("stopped")
+    try:
+        asyncio.run(serve(application))
+    finally:
+        log.info("stopped")
 
 
 async def serve(application: Application) -> None:
@@ -46,18 +50,25 @@ async def serve(application: Application) -> None:
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_stop_signal, signum)
     try:
-        try:
+        with _reported(application, "failed to start"):
             await application.start_service()
-        except UserError:
-            raise
-        except Exception as error:
-            log.exception("application %s failed to start", application.name)
-            raise StartupFailed(
-                f"application {application.name} failed to start: "
-                f"{type(error).__name__}: {error}"
-            ) from None
         await stop_requested.wait()
-        await application.stop_service()
+        with _reported(application, "did not stop cleanly"):
+            await application.stop_service()
     finally:
         for signum in STOP_SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+@contextlib.contextmanager
+def _reported(application: Application, what: str) -> Iterator[None]:
+    """Log an application's failure with its traceback; report it as one line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        log.exception("application %s %s", application.name, what)
+        raise ApplicationFailed(
+            f"application {application.name} {what}: {type(error).__name__}: {error}"
+        ) from None

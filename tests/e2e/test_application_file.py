@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import signal
 import subprocess
 
 import pytest
@@ -56,6 +57,29 @@ def test_application_failing_to_start_is_one_line_and_exit_1(reverserd, tmp_path
     assert process.stderr() == ("reverserd: application broken failed to start: "
                                 "OSError: disk on fire\n")
     process.wait_for_log(r"ERROR reverserd\.runner: application broken failed to start")
+
+
+def test_application_failing_to_stop_is_one_line_and_exit_1(reverserd, tmp_path) -> None:
+    app = tmp_path / "stubborn.py"
+    app.write_text(
+        "from reverserd import Application, Reverser, Service, TCPServer\n"
+        "class Stubborn(Service):\n"
+        "    async def stop_service(self):\n"
+        "        await super().stop_service()\n"
+        "        raise RuntimeError('will not stop')\n"
+        "application = Application('stubborn')\n"
+        "Stubborn().set_service_parent(application)\n"
+        "TCPServer(0, Reverser).set_service_parent(application)\n"
+    )
+    process = reverserd("-n", "-y", str(app))
+    process.port  # noqa: B018 - waits until it serves
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 1
+    assert process.stderr() == ("reverserd: application stubborn did not stop cleanly: "
+                                "RuntimeError: will not stop\n")
+    process.wait_for_log(r"stopped listening on 127\.0\.0\.1:")
+    process.wait_for_log(r"RuntimeError: will not stop")
+    assert process.log[-1].endswith("INFO reverserd.runner: stopped")
 
 
 def test_an_application_with_two_ports(reverserd, tmp_path) -> None:
