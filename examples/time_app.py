@@ -16,7 +16,7 @@ class TimeReverser(Reverser):
     """Reverses lines like the built-in service; ``time`` answers the time."""
 
     def handle_time(self) -> str:
-        return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 application = Application("time-reverser")

@@ -10,8 +10,14 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reverserd.graphemes import Break, Conjunct, conjunct_break, extended_pictographic
-from reverserd.graphemes import grapheme_break, graphemes
+from reverserd.graphemes import (
+    Break,
+    Conjunct,
+    conjunct_break,
+    extended_pictographic,
+    grapheme_break,
+    graphemes,
+)
 
 BREAK_NAMES = {
     Break.OTHER: "Other", Break.CR: "CR", Break.LF: "LF", Break.CONTROL: "Control",
@@ -62,7 +68,8 @@ def test_every_character_has_the_oracles_conjunct_break_and_pictographic() -> No
         ("abc", ["a", "b", "c"]),
         ("noe\u0308l", ["n", "o", "e\u0308", "l"]),
         ("\r\n", ["\r\n"]),
-        ("\U0001F468\u200D\U0001F469\u200D\U0001F467", ["\U0001F468\u200D\U0001F469\u200D\U0001F467"]),
+        ("\U0001F468\u200D\U0001F469\u200D\U0001F467",
+         ["\U0001F468\u200D\U0001F469\u200D\U0001F467"]),
         ("\U0001F44D\U0001F3FD!", ["\U0001F44D\U0001F3FD", "!"]),
         ("\U0001F1EB\U0001F1F7\U0001F1E9\U0001F1EA\U0001F1EE",
          ["\U0001F1EB\U0001F1F7", "\U0001F1E9\U0001F1EA", "\U0001F1EE"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import ClassVar
 
 import pytest
 
@@ -21,7 +22,7 @@ class Commands(Reverser):
     def handle_x2_y(self) -> bytes:
         return b"raw"
 
-    def handle_Upper(self) -> str:  # noqa: N802 - shows that capitals never dispatch
+    def handle_Upper(self) -> str:  # capitals never dispatch
         return "unreachable"
 
     def handle_(self) -> str:
@@ -57,7 +58,7 @@ def test_command_replies_keep_the_line_ending() -> None:
 
 
 class CountingWrites(Reverser):
-    writes: list[bytes] = []
+    writes: ClassVar[list[bytes]] = []
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  max_line_length: int | None = None) -> None:

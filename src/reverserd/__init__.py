@@ -5,10 +5,10 @@ The names an application file needs are importable from here.
 
 __version__ = "0.1.0"
 
-from reverserd.internet import TCPServer  # noqa: E402
-from reverserd.protocol import LineHandler, Reverser  # noqa: E402
-from reverserd.reversal import reverse  # noqa: E402
-from reverserd.service import Application, MultiService, Service  # noqa: E402
+from reverserd.internet import TCPServer
+from reverserd.protocol import LineHandler, Reverser
+from reverserd.reversal import reverse
+from reverserd.service import Application, MultiService, Service
 
 __all__ = [
     "Application",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from reverserd.internet import DEFAULT_SHUTDOWN_TIMEOUT
 from reverserd.logs import LEVELS
 from reverserd.protocol import DEFAULT_MAX_LINE_LENGTH
-from reverserd.internet import DEFAULT_SHUTDOWN_TIMEOUT
 
 DEFAULT_PORT = 2323
 DEFAULT_INTERFACE = "127.0.0.1"

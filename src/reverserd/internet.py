@@ -30,7 +30,8 @@ def bind_listening_socket(interface: str, port: int, backlog: int) -> socket.soc
             interface, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as error:
-        raise UserError(f"cannot listen on {where}: {error.strerror.lower()}") from None
+        reason = (error.strerror or str(error)).lower()
+        raise UserError(f"cannot listen on {where}: {reason}") from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

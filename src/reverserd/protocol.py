@@ -10,6 +10,7 @@ ordinary lines and ``handle_<name>`` methods for command lines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -40,9 +41,9 @@ def _command_table(handler_class: type) -> dict[bytes, str]:
     table = {}
     for attribute in dir(handler_class):
         name = attribute.removeprefix("handle_")
-        if name != attribute and COMMAND_NAME.fullmatch(name):
-            if callable(getattr(handler_class, attribute)):
-                table[name.encode("ascii")] = attribute
+        is_command = name != attribute and COMMAND_NAME.fullmatch(name)
+        if is_command and callable(getattr(handler_class, attribute)):
+            table[name.encode("ascii")] = attribute
     return table
 
 
@@ -101,10 +102,8 @@ class LineHandler:
         self._stopping = True
         sock = self.writer.get_extra_info("socket")
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):  # the peer is gone: nothing left to read
                 sock.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass  # the peer is gone already: nothing left to read
 
     def abort(self) -> None:
         """Drop the connection now, discarding unsent replies."""
@@ -188,17 +187,15 @@ class LineHandler:
             )
 
     def _run_command(self, method_name: str) -> bytes | None:
-        reply = getattr(self, method_name)()
+        reply: str | bytes | None = getattr(self, method_name)()
         if isinstance(reply, str):
             return reply.encode("utf-8")
         return reply
 
     async def _close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError, TimeoutError):  # the peer left first
             await self.writer.wait_closed()
-        except (ConnectionError, TimeoutError):
-            pass  # the peer left first; the socket is closed either way
 
 
 LineHandler._commands = _command_table(LineHandler)

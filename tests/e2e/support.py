@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import select
 import pathlib
 import re
+import select
 import signal
 import socket
 import subprocess

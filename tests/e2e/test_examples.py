@@ -15,11 +15,11 @@ def test_time_app_answers_time_and_reverses(reverserd) -> None:
     process = reverserd("--foreground", "-y", str(EXAMPLES / "time_app.py"),
                         env={"TIME_APP_PORT": "0"})
     process.wait_for_log(r"application time-reverser")
-    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     with connect(process.port) as sock:
         sock.sendall(b"hello\r\ntime\r\nquit\r\n")
         hello, time_line, rest = receive_until_closed(sock).split(b"\r\n")
-    after = datetime.datetime.now(datetime.timezone.utc)
+    after = datetime.datetime.now(datetime.UTC)
     assert hello == b"olleh"
     assert rest == b""
     told = datetime.datetime.fromisoformat(time_line.decode())

@@ -11,8 +11,14 @@ import sys
 import pytest
 
 from tests.e2e.support import (
-    DEADLINE, REVERSERD, ReverserdProcess, connect, receive_exactly, receive_until_closed,
-    send_until_stalled, small_buffered_client,
+    DEADLINE,
+    REVERSERD,
+    ReverserdProcess,
+    connect,
+    receive_exactly,
+    receive_until_closed,
+    send_until_stalled,
+    small_buffered_client,
 )
 
 ISO_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"

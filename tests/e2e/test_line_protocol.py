@@ -10,9 +10,15 @@ import subprocess
 import pytest
 
 from tests.e2e.support import (
-    DEADLINE, ReverserdProcess, connect, receive_exactly, receive_until_closed,
-    send_until_stalled, small_buffered_client,
+    DEADLINE,
+    ReverserdProcess,
+    connect,
+    receive_exactly,
+    receive_until_closed,
+    send_until_stalled,
+    small_buffered_client,
 )
+
 
 @pytest.fixture
 def nc() -> str:
