@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import pathlib
+import re
 import signal
 
 from tests.e2e.support import connect, receive_until_closed
@@ -26,3 +27,10 @@ def test_time_app_answers_time_and_reverses(reverserd) -> None:
     assert before <= told <= after
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
+
+
+def test_readme_shows_the_example_as_it_is_in_examples() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    example = (EXAMPLES / "time_app.py").read_text()
+    assert any("class TimeReverser" in block and block in example for block in blocks)
