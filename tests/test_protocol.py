@@ -7,8 +7,10 @@ import socket
 from typing import ClassVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from reverserd import LineHandler, Reverser, TCPServer
+from reverserd import LineHandler, Reverser, TCPServer, reverse
 from reverserd.errors import UserError
 
 
@@ -111,3 +113,52 @@ def test_ipv6_loopback_is_served_and_written_in_brackets(caplog: pytest.LogCaptu
     assert reply == b"xis\n"
     assert "listening on [::1]:" in caplog.text
     assert "connection from [::1]:" in caplog.text
+
+
+def expected_replies(stream: bytes) -> bytes:
+    """The reverser's answer to ``stream``, written from the protocol's rules."""
+    *lines, last = stream.split(b"\n")
+    if last:
+        lines.append(last)
+    out = []
+    for line in lines:
+        ending = b"\r\n" if line.endswith(b"\r") else b"\n"
+        out.append(reverse(line.removesuffix(b"\r")) + ending)
+    return b"".join(out)
+
+
+async def send_in_chunks(chunks: list[bytes]) -> bytes:
+    server = TCPServer(0, Reverser)
+    await server.start_service()
+    try:
+        reader, writer = await asyncio.open_connection(*server.address)
+        writer.transport.get_extra_info("socket").setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+        reply = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    finally:
+        await server.stop_service()
+    return reply
+
+
+lines_without_commands = st.lists(
+    st.binary(max_size=40).filter(lambda line: b"\n" not in line
+                                  and line.removesuffix(b"\r") != b"quit"),
+    max_size=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines_without_commands, st.sampled_from([b"\n", b"\r\n"]), st.data())
+def test_any_chunking_of_any_lines_is_answered_completely_and_in_order(
+    lines: list[bytes], ending: bytes, data: st.DataObject,
+) -> None:
+    stream = b"".join(line + ending for line in lines)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)])]
+    assert asyncio.run(send_in_chunks([chunk for chunk in chunks if chunk])) == \
+        expected_replies(stream)
