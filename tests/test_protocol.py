@@ -38,24 +38,28 @@ def test_command_table_holds_only_lowercase_handle_methods() -> None:
     assert LineHandler._commands == {b"quit": "handle_quit"}
 
 
-async def exchange(handler: type[LineHandler], payload: bytes, **server_options: object
-                   ) -> tuple[bytes, TCPServer]:
+async def exchange(handler: type[LineHandler], *chunks: bytes,
+                   **server_options: object) -> bytes:
+    """Send ``chunks`` (each its own write) to a fresh server; return all it answers."""
     server = TCPServer(0, handler, **server_options)  # type: ignore[arg-type]
     await server.start_service()
     try:
         reader, writer = await asyncio.open_connection(*server.address)
-        writer.write(payload)
-        await writer.drain()
+        writer.transport.get_extra_info("socket").setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
         writer.write_eof()
         reply = await asyncio.wait_for(reader.read(), 10)
         writer.close()
     finally:
         await server.stop_service()
-    return reply, server
+    return reply
 
 
 def test_command_replies_keep_the_line_ending() -> None:
-    reply, _ = asyncio.run(exchange(Commands, b"time\r\nx2_y\nUpper\nhandle_time\n"))
+    reply = asyncio.run(exchange(Commands, b"time\r\nx2_y\nUpper\nhandle_time\n"))
     assert reply == b"noon\r\nraw\nreppU\nemit_eldnah\n"
 
 
@@ -76,13 +80,13 @@ class CountingWrites(Reverser):
 
 def test_replies_to_one_read_are_written_together() -> None:
     lines = b"".join(b"line %d\n" % number for number in range(200))
-    reply, _ = asyncio.run(exchange(CountingWrites, lines))
+    reply = asyncio.run(exchange(CountingWrites, lines))
     assert reply == b"".join((b"line %d" % number)[::-1] + b"\n" for number in range(200))
     assert CountingWrites.writes == [reply]
 
 
 def test_max_line_length_option_overrides_the_class_default() -> None:
-    reply, _ = asyncio.run(exchange(Reverser, b"abc\nabcd\nnot answered\n", max_line_length=3))
+    reply = asyncio.run(exchange(Reverser, b"abc\nabcd\nnot answered\n", max_line_length=3))
     assert reply == b"cba\n"
 
 
@@ -109,7 +113,7 @@ def test_port_zero_reports_the_port_bound_and_releases_it_on_stop() -> None:
 
 def test_ipv6_loopback_is_served_and_written_in_brackets(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("DEBUG")
-    reply, _ = asyncio.run(exchange(Reverser, b"six\n", interface="::1"))
+    reply = asyncio.run(exchange(Reverser, b"six\n", interface="::1"))
     assert reply == b"xis\n"
     assert "listening on [::1]:" in caplog.text
     assert "connection from [::1]:" in caplog.text
@@ -127,24 +131,6 @@ def expected_replies(stream: bytes) -> bytes:
     return b"".join(out)
 
 
-async def send_in_chunks(chunks: list[bytes]) -> bytes:
-    server = TCPServer(0, Reverser)
-    await server.start_service()
-    try:
-        reader, writer = await asyncio.open_connection(*server.address)
-        writer.transport.get_extra_info("socket").setsockopt(
-            socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for chunk in chunks:
-            writer.write(chunk)
-            await writer.drain()
-        writer.write_eof()
-        reply = await asyncio.wait_for(reader.read(), 10)
-        writer.close()
-    finally:
-        await server.stop_service()
-    return reply
-
-
 lines_without_commands = st.lists(
     st.binary(max_size=40).filter(lambda line: b"\n" not in line
                                   and line.removesuffix(b"\r") != b"quit"),
@@ -160,5 +146,4 @@ def test_any_chunking_of_any_lines_is_answered_completely_and_in_order(
     stream = b"".join(line + ending for line in lines)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)])]
-    assert asyncio.run(send_in_chunks([chunk for chunk in chunks if chunk])) == \
-        expected_replies(stream)
+    assert asyncio.run(exchange(Reverser, *chunks)) == expected_replies(stream)
