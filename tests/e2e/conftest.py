@@ -32,5 +32,5 @@ def reverserd(tmp_path: pathlib.Path) -> Iterator[Callable[..., ReverserdProcess
 def server(reverserd: Callable[..., ReverserdProcess]) -> ReverserdProcess:
     """The built-in reverser in the foreground on a free port, debug logging on."""
     process = reverserd("--foreground", "--port", "0", "--log-level", "debug")
-    process.port  # noqa: B018 - waits until it serves
+    process.wait_until_serving()
     return process

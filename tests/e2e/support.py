@@ -74,9 +74,13 @@ class ReverserdProcess:
 
         return wait_until(found, f"log line {pattern!r}", timeout)  # type: ignore[return-value]
 
+    def wait_until_serving(self) -> int:
+        """Block until the first ``listening on`` log line; return its port."""
+        return int(self.wait_for_log(LISTENING.pattern).group(1))
+
     @property
     def port(self) -> int:
-        return int(self.wait_for_log(LISTENING.pattern).group(1))
+        return self.wait_until_serving()
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)

@@ -72,7 +72,7 @@ def test_application_failing_to_stop_is_one_line_and_exit_1(reverserd, tmp_path)
         "TCPServer(0, Reverser).set_service_parent(application)\n"
     )
     process = reverserd("-n", "-y", str(app))
-    process.port  # noqa: B018 - waits until it serves
+    process.wait_until_serving()
     process.signal(signal.SIGTERM)
     assert process.wait() == 1
     assert process.stderr() == ("reverserd: application stubborn did not stop cleanly: "
