@@ -41,3 +41,34 @@ def test_log_levels_are_case_insensitive() -> None:
     assert config.parse_log_level("DEBUG") == "debug"
     with pytest.raises(ValueError, match="debug, info, warning, error"):
         config.parse_log_level("verbose")
+
+
+@given(st.integers(0, 0o777))
+def test_every_umask_is_accepted_in_octal(mask: int) -> None:
+    assert config.parse_umask(f"{mask:03o}") == mask
+    assert config.parse_umask(f"0o{mask:o}") == mask
+
+
+@pytest.mark.parametrize("text", ["", "8", "0999", "1000", "-22", "0x1f", "o22", "0o"])
+def test_bad_umasks_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="octal mask from 000 to 777"):
+        config.parse_umask(text)
+
+
+@pytest.mark.parametrize(("text", "count"), [("0", 0), ("1000000", 1_000_000)])
+def test_byte_counts_may_be_zero(text: str, count: int) -> None:
+    assert config.parse_byte_count(text) == count
+
+
+@pytest.mark.parametrize("text", ["-1", "1e6", "lots"])
+def test_bad_byte_counts_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="whole number of bytes"):
+        config.parse_byte_count(text)
+
+
+def test_a_daemon_logs_next_to_its_pidfile_unless_told_otherwise(tmp_path) -> None:
+    pidfile = tmp_path / "run" / "x.pid"
+    assert config.Config(pidfile=pidfile).daemon_logfile == tmp_path / "run" / "reverserd.log"
+    assert config.Config(pidfile=pidfile, logfile=tmp_path / "l").daemon_logfile == \
+        tmp_path / "l"
+    assert config.Config(pidfile=pidfile, syslog=True).daemon_logfile is None

@@ -11,11 +11,18 @@ from reverserd.protocol import DEFAULT_MAX_LINE_LENGTH
 
 DEFAULT_PORT = 2323
 DEFAULT_INTERFACE = "127.0.0.1"
+DEFAULT_PIDFILE = "reverserd.pid"
+DEFAULT_LOGFILE_NAME = "reverserd.log"
+DEFAULT_UMASK = 0o077
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One run's settings, validated before anything starts."""
+    """One run's settings, validated before anything starts.
+
+    Paths are absolute (the command line resolves them against the
+    directory it was run in), so changing into ``rundir`` keeps their meaning.
+    """
 
     port: int = DEFAULT_PORT
     interface: str = DEFAULT_INTERFACE
@@ -23,12 +30,48 @@ class Config:
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     log_level: str = "info"
     application_file: pathlib.Path | None = None
+    pidfile: pathlib.Path | None = None
+    rundir: pathlib.Path | None = None
+    umask: int | None = None
+    logfile: pathlib.Path | None = None
+    log_max_bytes: int = 1_000_000
+    log_backups: int = 5
+    syslog: bool = False
+    syslog_prefix: str = "reverserd"
+    syslog_address: str = "/dev/log"
+    start_timeout: float = 10.0
+    stop_timeout: float = 10.0
+
+    @property
+    def daemon_logfile(self) -> pathlib.Path | None:
+        """Where a daemon logs: the file given, else ``reverserd.log`` next to
+        the pidfile; ``None`` when it logs to syslog instead."""
+        if self.syslog:
+            return None
+        if self.logfile is not None:
+            return self.logfile
+        directory = self.pidfile.parent if self.pidfile else pathlib.Path.cwd()
+        return directory / DEFAULT_LOGFILE_NAME
 
 
 def parse_port(text: str) -> int:
     """A TCP port; 0 asks the kernel for any free one."""
     if not (text.isascii() and text.isdigit()) or int(text) > 65535:
         raise ValueError(f"expected a port number from 0 to 65535, got {text!r}")
+    return int(text)
+
+
+def parse_umask(text: str) -> int:
+    """An octal file-creation mask such as 022 or 0o077."""
+    digits = text.removeprefix("0o")
+    if not digits or not set(digits) <= set("01234567") or int(digits, 8) > 0o777:
+        raise ValueError(f"expected an octal mask from 000 to 777, got {text!r}")
+    return int(digits, 8)
+
+
+def parse_byte_count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"expected a whole number of bytes, 0 or more, got {text!r}")
     return int(text)
 
 

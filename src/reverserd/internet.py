@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
+from collections.abc import Iterator
 
 from reverserd.addresses import format_address
-from reverserd.errors import UserError
+from reverserd.errors import UserError, os_reason
 from reverserd.protocol import LineHandler
-from reverserd.service import Service
+from reverserd.service import MultiService, Service
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ def bind_listening_socket(interface: str, port: int, backlog: int) -> socket.soc
         sock.listen(backlog)
     except OSError as error:
         sock.close()
-        reason = os.strerror(error.errno).lower() if error.errno else str(error)
-        raise UserError(f"cannot listen on {where}: {reason}") from None
+        raise UserError(f"cannot listen on {where}: {os_reason(error)}") from None
     sock.setblocking(False)
     return sock
 
@@ -75,6 +74,11 @@ class TCPServer(Service):
         self._connections: dict[LineHandler, asyncio.Task[object]] = {}
 
     @property
+    def listening_socket(self) -> socket.socket | None:
+        """The listening socket, once bound."""
+        return self._socket
+
+    @property
     def address(self) -> tuple[str, int]:
         """Where the server listens; the real port once bound (``port=0``)."""
         if self._socket is None:
@@ -103,7 +107,13 @@ class TCPServer(Service):
             return
         where = format_address(*self.address)
         self._server.close()
-        await self._finish_connections()
+        try:
+            await self._finish_connections()
+        except asyncio.CancelledError:
+            log.warning("closing %d connection(s) at once: stop forced",
+                        len(self._connections))
+            self._abort(self._connections)
+            raise
         await self._server.wait_closed()
         self._server = None
         self._socket = None
@@ -126,11 +136,15 @@ class TCPServer(Service):
             if late:
                 log.warning("closing %d connection(s) still busy after %.1f s",
                             len(late), self.shutdown_timeout)
-                for handler, task in connections.items():
-                    if task in late:
-                        handler.abort()
-                        task.cancel()
+                self._abort({handler: task for handler, task in connections.items()
+                             if task in late})
                 await asyncio.wait(late)
+
+    @staticmethod
+    def _abort(connections: dict[LineHandler, asyncio.Task[object]]) -> None:
+        for handler, task in list(connections.items()):
+            handler.abort()
+            task.cancel()
 
     def _close_socket(self) -> None:
         if self._socket is not None:
@@ -148,3 +162,22 @@ class TCPServer(Service):
             await handler.serve()
         finally:
             del self._connections[handler]
+
+
+def _tcp_servers(service: Service) -> Iterator[TCPServer]:
+    if isinstance(service, TCPServer):
+        yield service
+    elif isinstance(service, MultiService):
+        for child in service:
+            yield from _tcp_servers(child)
+
+
+def listening_addresses(service: Service) -> tuple[str, ...]:
+    """Where every ``TCPServer`` in a service tree listens, in tree order."""
+    return tuple(format_address(*server.address) for server in _tcp_servers(service))
+
+
+def listening_sockets(service: Service) -> list[socket.socket]:
+    """The bound sockets of a service tree, which must survive a detach."""
+    return [sock for server in _tcp_servers(service)
+            if (sock := server.listening_socket) is not None]

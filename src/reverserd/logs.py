@@ -1,13 +1,30 @@
-"""Logging set-up: one line per event, with a time an operator can sort on."""
+"""Logging set-up: one line per event, to stdout, a log file or syslog.
+
+Handlers are opened by the launcher, before the daemon detaches, so an
+unwritable log is reported to the shell; their file descriptors are then
+kept open through the detach (``open_fds``).
+"""
 
 from __future__ import annotations
 
 import datetime
+import io
 import logging
+import logging.handlers
+import os
+import pathlib
+import socket
 import sys
+import threading
+import types
+
+from reverserd.errors import UserError, os_reason
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+SYSLOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+log = logging.getLogger(__name__)
 
 
 class IsoFormatter(logging.Formatter):
@@ -22,11 +39,184 @@ class IsoFormatter(logging.Formatter):
         return moment.isoformat(timespec="milliseconds")
 
 
-def log_to_stdout(level: str) -> None:
-    """Send every ``reverserd`` log record at ``level`` or above to stdout."""
+class LogFile(logging.handlers.RotatingFileHandler):
+    """A log file that rotates by size and can be reopened by name.
+
+    Reopening is what an external logrotate needs after moving the file.
+    Once the file owns the process's stdout and stderr (in a daemon), each
+    reopen or rotation points descriptors 1 and 2 at the new file as well, so
+    output from C code or child processes follows the log.
+    """
+
+    owns_stdio = False
+
+    def _open(self) -> io.TextIOWrapper:
+        stream = super()._open()
+        if self.owns_stdio:
+            for fd in (1, 2):
+                os.dup2(stream.fileno(), fd)
+        return stream
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = self._open()
+        finally:
+            self.release()
+
+
+class SyslogHandler(logging.handlers.SysLogHandler):
+    """Syslog with ``prefix[pid]:`` as ident, the pid read when each record
+    is sent (a handler opened before detaching must name the daemon)."""
+
+    def __init__(self, prefix: str, address: str) -> None:
+        super().__init__(address, facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.prefix}[{os.getpid()}]: {super().format(record)}"
+
+
+def open_log_file(path: pathlib.Path, max_bytes: int, backups: int) -> LogFile:
+    try:
+        handler = LogFile(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    except OSError as error:
+        raise UserError(f"cannot open log file {path}: {os_reason(error)}") from None
+    handler.setFormatter(IsoFormatter(FORMAT))
+    return handler
+
+
+def open_syslog(prefix: str, address: str) -> SyslogHandler:
+    """A handler for the system logger, which must be listening now.
+
+    The standard handler, like C's ``openlog``, ignores a logger that is not
+    there; a daemon whose log silently vanishes is worse than one that
+    refuses to start.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)
+        handler = SyslogHandler(prefix, address)
+    except OSError as error:
+        raise UserError(
+            f"cannot reach the system logger at {address}: {os_reason(error)}"
+        ) from None
+    handler.setFormatter(logging.Formatter(SYSLOG_FORMAT))
+    return handler
+
+
+def open_stdout() -> logging.Handler:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(IsoFormatter(FORMAT))
+    return handler
+
+
+def install(handler: logging.Handler, level: str) -> None:
+    """Send every log record at ``level`` or above to ``handler`` alone."""
     root = logging.getLogger()
+    for previous in root.handlers:
+        if previous is not handler:
+            previous.close()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)
+
+
+def log_to_stdout(level: str) -> None:
+    install(open_stdout(), level)
+
+
+def open_fds() -> list[int]:
+    """Descriptors the installed handlers write to, to keep through a detach."""
+    fds = []
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LogFile) and handler.stream is not None:
+            fds.append(handler.stream.fileno())
+        elif isinstance(handler, SyslogHandler):
+            sock = getattr(handler, "socket", None)  # set by the handler, not declared
+            if sock is not None:
+                fds.append(sock.fileno())
+    return fds
+
+
+def log_file_stream() -> io.TextIOWrapper | None:
+    """The installed log file's stream, to which a daemon's stdout and stderr go."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LogFile):
+            return handler.stream
+    return None
+
+
+def reopen() -> None:
+    """Reopen log files by name (after an external rotation moved them)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LogFile):
+            handler.reopen()
+
+
+class _LoggingStream(io.TextIOBase):
+    """A text stream that logs each complete line it is given.
+
+    Stands in for ``sys.stdout`` and ``sys.stderr`` in a daemon, so that a
+    stray ``print`` becomes a proper log line. A write made while logging
+    (logging reporting its own failure) goes to the raw descriptor instead.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int, fd: int) -> None:
+        super().__init__()
+        self._logger = logger
+        self._level = level
+        self._fd = fd
+        self._pending = ""
+        self._inside = threading.local()
+
+    def write(self, text: str) -> int:
+        if getattr(self._inside, "active", False):
+            os.write(self._fd, text.encode("utf-8", "replace"))
+            return len(text)
+        self._inside.active = True
+        try:
+            *lines, self._pending = (self._pending + text).split("\n")
+            for line in lines:
+                self._logger.log(self._level, "%s", line)
+        finally:
+            self._inside.active = False
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.write("\n")
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+
+def capture_stdio_and_crashes() -> None:
+    """Route ``print``, stderr writes and uncaught exceptions into the log."""
+    sys.stdout = _LoggingStream(logging.getLogger("stdout"), logging.INFO, 1)
+    sys.stderr = _LoggingStream(logging.getLogger("stderr"), logging.ERROR, 2)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, LogFile):
+            handler.owns_stdio = True
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException,
+                  trace: types.TracebackType | None) -> None:
+    log.critical("uncaught exception", exc_info=(kind, error, trace))
+
+
+def _log_uncaught_in_thread(arguments: threading.ExceptHookArgs) -> None:
+    log.critical("uncaught exception in thread %s",
+                 arguments.thread.name if arguments.thread else "?",
+                 exc_info=(arguments.exc_type, arguments.exc_value or Exception(),
+                           arguments.exc_traceback))

@@ -1,4 +1,8 @@
-"""The life of a running application: start, serve until a signal, stop."""
+"""The life of a bound application: serve until a signal, then stop.
+
+Shared by the foreground and the daemon; the caller binds the ports first
+(``privileged_start_service``), so no event loop exists before a fork.
+"""
 
 from __future__ import annotations
 
@@ -8,56 +12,106 @@ import logging
 import os
 import platform
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from reverserd import __version__
+from reverserd import __version__, logs
 from reverserd.errors import UserError
+from reverserd.internet import listening_addresses
+from reverserd.pidfile import Claim
 from reverserd.service import Application
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+REOPEN_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
+HANDLED_SIGNALS = (*STOP_SIGNALS, *REOPEN_SIGNALS)
+
+ReadyCallback = Callable[[tuple[str, ...]], None]
 
 
 class ApplicationFailed(UserError):
     """The application raised while starting or stopping; the traceback is in the log."""
 
 
-def run(application: Application) -> None:
-    """Bind, then serve ``application`` until SIGTERM or SIGINT; then stop it.
+def run(application: Application, claim: Claim | None = None,
+        on_ready: ReadyCallback | None = None) -> None:
+    """Serve ``application`` until SIGTERM or SIGINT, then stop it gracefully.
 
-    Binding happens before the event loop exists, so a later step can give
-    up root (or fork) in between without a loop crossing it.
+    ``claim``'s files are written once the application serves and removed
+    before ``stopped`` is logged, so that line really is the last word.
     """
     log.info("reverserd %s starting: Python %s, pid %d, application %s",
              __version__, platform.python_version(), os.getpid(), application.name)
-    application.privileged_start_service()
+
+    def announce(addresses: tuple[str, ...]) -> None:
+        if claim is not None:
+            claim.write_state(addresses)
+        if on_ready is not None:
+            on_ready(addresses)
+
     try:
-        asyncio.run(serve(application))
+        asyncio.run(serve(application, announce))
     finally:
+        if claim is not None:
+            claim.release()
         log.info("stopped")
 
 
-async def serve(application: Application) -> None:
-    """Start ``application``, wait for a stop signal, stop it gracefully."""
+async def serve(application: Application, on_ready: ReadyCallback | None = None) -> None:
+    """Start ``application``, wait for a stop signal, stop it gracefully.
+
+    A second stop signal cancels the graceful stop: connections still busy
+    are closed at once.
+    """
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
+    stopping: asyncio.Task[None] | None = None
+    forced = False
 
     def on_stop_signal(signum: int) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop_requested.set()
+        nonlocal forced
+        name = signal.Signals(signum).name
+        if not stop_requested.is_set():
+            log.info("received %s, stopping", name)
+            stop_requested.set()
+        elif stopping is not None and not stopping.done():
+            log.warning("received %s again, stopping now", name)
+            forced = True
+            stopping.cancel()
 
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_stop_signal, signum)
+    for signum in REOPEN_SIGNALS:
+        loop.add_signal_handler(signum, _reopen_log, signum)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     try:
         with _reported(application, "failed to start"):
             await application.start_service()
-        await stop_requested.wait()
-        with _reported(application, "did not stop cleanly"):
-            await application.stop_service()
+        try:
+            if on_ready is not None:
+                on_ready(listening_addresses(application))
+            await stop_requested.wait()
+        finally:
+            stopping = loop.create_task(application.stop_service())
+            with _reported(application, "did not stop cleanly"):
+                try:
+                    await stopping
+                except asyncio.CancelledError:
+                    if not forced:
+                        raise
     finally:
-        for signum in STOP_SIGNALS:
+        for signum in HANDLED_SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+def _reopen_log(signum: int) -> None:
+    log.info("received %s, reopening the log file", signal.Signals(signum).name)
+    try:
+        logs.reopen()
+    except OSError as error:
+        log.error("cannot reopen the log file: %s", error)
+        return
+    log.info("log file reopened")
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.e2e.daemons import DaemonDirectory
 from tests.e2e.support import REVERSERD, ReverserdProcess
 
 
@@ -34,3 +35,11 @@ def server(reverserd: Callable[..., ReverserdProcess]) -> ReverserdProcess:
     process = reverserd("--foreground", "--port", "0", "--log-level", "debug")
     process.wait_until_serving()
     return process
+
+
+@pytest.fixture
+def daemons(tmp_path: pathlib.Path) -> Iterator[DaemonDirectory]:
+    """``reverserd start/stop/status`` run in ``tmp_path``; leftover daemons are killed."""
+    directory = DaemonDirectory(tmp_path)
+    yield directory
+    directory.end()

@@ -110,6 +110,12 @@ def test_unknown_interface_is_one_line_and_exit_1() -> None:
         (["--log-level", "loud"], "--log-level"),
         (["--no-such-option"], "--no-such-option"),
         (["launch"], "verb"),
+        (["--umask", "0800"], "--umask"),
+        (["--log-max-bytes", "-5"], "--log-max-bytes"),
+        (["--log-backups", "0"], "--log-backups"),
+        (["--stop-timeout", "-1"], "--stop-timeout"),
+        (["--logfile", "x.log", "--syslog"], "--syslog"),
+        (["stop"], "--foreground"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_option_and_exit_2(args: list[str],
@@ -126,7 +132,8 @@ def test_no_verb_and_no_foreground_prints_usage_and_exit_2() -> None:
     result = run_cli("--port", "0")
     assert result.returncode == 2
     assert result.stderr.startswith("usage: reverserd")
-    assert result.stderr.rstrip().endswith("reverserd: give a verb (run) or --foreground")
+    assert result.stderr.rstrip().endswith(
+        "reverserd: give a verb (run, start, stop, status, restart) or --foreground")
 
 
 @pytest.mark.parametrize("args", [["--port", "0", "run"], ["run", "--port", "0"],
@@ -142,7 +149,10 @@ def test_help_and_version() -> None:
     help_text = run_cli("--help")
     assert help_text.returncode == 0
     for option in ("--foreground", "--port", "--interface", "--max-line-length",
-                   "--shutdown-timeout", "--log-level", "--version"):
+                   "--shutdown-timeout", "--log-level", "--version", "--pidfile", "--rundir",
+                   "--umask", "--start-timeout", "--stop-timeout", "--logfile",
+                   "--log-max-bytes", "--log-backups", "--syslog", "--syslog-prefix",
+                   "start", "stop", "status", "restart"):
         assert option in help_text.stdout
     from reverserd import __version__
     assert run_cli("--version").stdout == f"reverserd {__version__}\n"
@@ -155,3 +165,50 @@ def test_python_dash_m_runs_the_same_program(reverserd) -> None:
         assert receive_until_closed(sock) == b"eludom\n"
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
+
+
+def test_no_pidfile_unless_asked_for(reverserd, tmp_path) -> None:
+    process = reverserd("-n", "--port", "0")
+    process.wait_until_serving()
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pidfile_in_the_foreground_makes_status_and_stop_work(reverserd, tmp_path) -> None:
+    process = reverserd("run", "--port", "0", "--pidfile", "fg.pid")
+    port = process.wait_until_serving()
+    assert (tmp_path / "fg.pid").read_text() == f"{process.pid}\n"
+    status = run_cli("status", "--pidfile", str(tmp_path / "fg.pid"))
+    assert status.returncode == 0
+    assert f"reverserd running: pid {process.pid}, listening on 127.0.0.1:{port}, up " \
+        in status.stdout
+    stop = run_cli("stop", "--pidfile", str(tmp_path / "fg.pid"))
+    assert stop.stdout == f"reverserd stopped: pid {process.pid}\n"
+    assert process.wait() == 0
+    assert process.log[-1].endswith("stopped")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_foreground_with_the_same_pidfile_is_refused(reverserd, tmp_path) -> None:
+    first = reverserd("-n", "--port", "0", "--pidfile", "fg.pid")
+    first.wait_until_serving()
+    second = reverserd("-n", "--port", "0", "--pidfile", "fg.pid")
+    assert second.wait() == 1
+    assert second.stderr() == f"reverserd: already running: pid {first.pid}\n"
+    assert (tmp_path / "fg.pid").read_text() == f"{first.pid}\n"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_second_signal_forces_the_stop(reverserd, signum: int) -> None:
+    process = reverserd("-n", "--port", "0", "--shutdown-timeout", "600")
+    name = signal.Signals(signum).name
+    with small_buffered_client(process.port) as stuck:
+        send_until_stalled(stuck, b"never read\n", 256 * 1024 * 1024)
+        process.signal(signum)
+        process.wait_for_log(rf"received {name}, stopping$")
+        process.signal(signum)
+        assert process.wait() == 0
+    process.wait_for_log(rf"WARNING reverserd\.runner: received {name} again, stopping now$")
+    process.wait_for_log(r"closing 1 connection\(s\) at once: stop forced")
+    assert process.log[-1].endswith("stopped")
