@@ -18,7 +18,6 @@ from reverserd import application, detach, logs, runner
 from reverserd.config import DEFAULT_UMASK, Config
 from reverserd.errors import UserError, os_reason
 from reverserd.internet import listening_sockets
-from reverserd.service import Application
 from reverserd.pidfile import (
     Claim,
     Inspection,
@@ -28,6 +27,7 @@ from reverserd.pidfile import (
     holds_open,
     inspect,
 )
+from reverserd.service import Application
 
 STATUS_RUNNING = 0
 STATUS_DEAD = 1
@@ -91,11 +91,10 @@ def _serve_as_daemon(app: Application, claim: Claim,
 def _report_start(files: RunFiles, report: detach.Report, config: Config) -> int:
     pid = "?" if report.pid is None else str(report.pid)
     if report.outcome is detach.Outcome.READY:
-        where = f", listening on {', '.join(report.addresses)}" if report.addresses else ""
-        say(f"started: pid {pid}{where}")
+        say(f"started: pid {pid}{_listening(report.addresses)}")
         return 0
     if report.outcome is detach.Outcome.TIMED_OUT and report.pid is not None:
-        os.kill(report.pid, signal.SIGKILL)
+        _signal(report.pid, signal.SIGKILL)
     _clean_up_after_death(files)
     if report.outcome is detach.Outcome.FAILED:
         raise UserError(report.message)
@@ -183,9 +182,8 @@ def status(config: Config) -> int:
         say(f"status unknown: {os_reason(error)} ({files.pidfile})")
         return STATUS_UNKNOWN
     if found.liveness is Liveness.RUNNING and found.state is not None:
-        where = f", listening on {', '.join(found.state.addresses)}" \
-            if found.state.addresses else ""
-        say(f"running: pid {found.pid}{where}, up {format_duration(found.state.uptime())}")
+        say(f"running: pid {found.pid}{_listening(found.state.addresses)}, "
+            f"up {format_duration(found.state.uptime())}")
         return STATUS_RUNNING
     if found.liveness is Liveness.STARTING:
         say(f"starting: pid {found.pid or '?'}")
@@ -195,6 +193,10 @@ def status(config: Config) -> int:
         return STATUS_DEAD
     say("not running")
     return STATUS_NOT_RUNNING
+
+
+def _listening(addresses: tuple[str, ...]) -> str:
+    return f", listening on {', '.join(addresses)}" if addresses else ""
 
 
 def format_duration(seconds: float) -> str:
