@@ -128,8 +128,9 @@ def stop(config: Config) -> int:
     if found.liveness is Liveness.STALE:
         lock = RunLock.try_acquire(files.lock)
         if lock is not None:
-            _remove_stale_files(Claim(files, lock))
-            lock.release()
+            claim = Claim(files, lock)
+            _remove_stale_files(claim)
+            claim.release()
         say("is not running")
         return 0
     pid = _daemon_pid(files, config.stop_timeout)

@@ -124,10 +124,6 @@ def install(handler: logging.Handler, level: str) -> None:
     logging.captureWarnings(True)
 
 
-def log_to_stdout(level: str) -> None:
-    install(open_stdout(), level)
-
-
 def open_fds() -> list[int]:
     """Descriptors the installed handlers write to, to keep through a detach."""
     fds = []

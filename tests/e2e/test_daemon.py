@@ -247,3 +247,18 @@ def test_stop_never_signals_a_pid_that_does_not_hold_the_lock(
             assert is_alive(daemon.pid)
         finally:
             bystander.kill()
+
+
+def test_a_pidfile_naming_a_zombie_is_stale(daemons: DaemonDirectory) -> None:
+    with subprocess.Popen(["sleep", "60"]) as dead:
+        dead.kill()
+        os.waitid(os.P_PID, dead.pid, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+        daemons.pidfile.write_text(f"{dead.pid}\n")
+        status = daemons.run("status")
+        assert (status.returncode, status.stdout) == (
+            1, f"reverserd dead, stale pidfile (pid {dead.pid})\n")
+        start = daemons.run("start", "--port", "0")
+        assert start.returncode == 0, start
+        assert start.stderr == (f"reverserd: removing stale pidfile {daemons.pidfile} "
+                                f"(pid {dead.pid} is a dead process not yet reaped)\n")
+        assert STARTED.search(start.stdout)

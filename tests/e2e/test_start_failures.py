@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import socket
+import subprocess
 import textwrap
 
 import pytest
 
 from tests.e2e.daemons import DaemonDirectory, is_alive, reverserd_processes_in
+from tests.e2e.support import DEADLINE, REVERSERD, wait_until
 
 FAILING_APP = textwrap.dedent("""\
     import os
@@ -152,4 +155,34 @@ def test_bad_umask_is_a_usage_error(daemons: DaemonDirectory) -> None:
     assert result.returncode == 2
     assert result.stderr == ("reverserd: argument --umask: expected an octal mask from "
                              "000 to 777, got '0999'\n")
+    assert_nothing_left_behind(daemons)
+
+
+def test_stop_during_start_up_ends_the_half_started_daemon(
+    daemons: DaemonDirectory, failing_app: pathlib.Path,
+) -> None:
+    launcher = subprocess.Popen(
+        [REVERSERD, "start", "-y", failing_app.name, "--start-timeout", "600"],
+        cwd=daemons.path, env={**os.environ, "FAIL_HOW": "hang"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        def starting() -> re.Match[str] | None:
+            status = daemons.run("status")
+            return re.fullmatch(r"reverserd starting: pid (\d+)\n", status.stdout) \
+                if status.returncode == 0 else None
+
+        match = wait_until(starting, "status to say the daemon is starting")
+        pid = int(match.group(1))  # type: ignore[union-attr]
+        daemons.pids.add(pid)
+        stop = daemons.run("stop", "--stop-timeout", "0.5")
+        assert stop.returncode == 0, stop
+        assert stop.stdout == f"reverserd stopped: pid {pid}\n"
+        _, launcher_error = launcher.communicate(timeout=DEADLINE)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert launcher.returncode == 1
+    assert f"the daemon (pid {pid}) died during start-up without a word" in launcher_error
+    assert not is_alive(pid)
     assert_nothing_left_behind(daemons)
