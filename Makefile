@@ -17,6 +17,7 @@ system-deps:
 	@bash scripts/apt-ensure netcat-openbsd sh -c 'nc -h 2>&1 | grep -q OpenBSD'
 	@bash scripts/apt-ensure telnet sh -c 'command -v telnet'
 	@bash scripts/apt-ensure util-linux sh -c 'command -v setpriv'
+	@bash scripts/apt-ensure procps sh -c 'command -v ps && command -v pgrep'
 
 $(BIN)/python:
 	@bash scripts/apt-ensure python3-venv $(PYTHON) -c 'import ensurepip, venv'

@@ -167,9 +167,12 @@ def test_a_claim_writes_and_removes_every_file(files: RunFiles) -> None:
     assert lock is not None
     claim = Claim(files, lock)
     claim.write_pidfile()
-    claim.write_state(("127.0.0.1:1",))
+    claim.write_state(("127.0.0.1:1",), 7)
     assert read_pid(files.pidfile) == os.getpid()
-    assert inspect(files).liveness is Liveness.RUNNING
+    found = inspect(files)
+    assert found.liveness is Liveness.RUNNING
+    assert found.state is not None
+    assert (found.state.addresses, found.state.lines_served) == (("127.0.0.1:1",), 7)
     claim.release()
     assert list(files.pidfile.parent.iterdir()) == []
 

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TypeVar
 
-from reverserd import __version__, config, control
-from reverserd.errors import UsageError, UserError
+from reverserd import __version__, config, config_file, control
+from reverserd.errors import UsageError, UserError, os_reason
 from reverserd.logs import LEVELS
 
 ACTIONS: dict[str, Callable[[config.Config], int]] = {
@@ -21,6 +21,12 @@ ACTIONS: dict[str, Callable[[config.Config], int]] = {
     "restart": control.restart,
 }
 DAEMON_VERBS = ("start", "stop", "status", "restart")
+#: Options that make no sense in a config file: they choose what to do, not how.
+NOT_IN_CONFIG_FILE = frozenset({"help", "version", "config", "foreground"})
+#: Options that exclude each other; a command-line one overrides the config file's.
+EXCLUSIVE = (("logfile", "syslog"),)
+REVERSER_OPTIONS = ("port", "interface", "max_line_length", "shutdown_timeout")
+STDOUT = pathlib.Path("-")
 VERB_HELP = ("run: serve in the foreground (same as --foreground); start: detach a daemon "
              "and return once it serves; stop: end it gracefully; status: say whether it "
              "runs (LSB exit codes); restart: stop, then start")
@@ -56,17 +62,37 @@ def build_parser() -> argparse.ArgumentParser:
         "as a well-behaved Unix service.",
     )
     parser.add_argument("verb", nargs="?", choices=tuple(ACTIONS), help=VERB_HELP)
-    parser.add_argument("-n", "--foreground", action="store_true",
+    parser.add_argument("-n", "--foreground", "--nodaemon", action="store_true",
                         help="stay attached to the terminal and log to stdout")
-    parser.add_argument("-y", "--python", dest="application_file", type=pathlib.Path,
-                        metavar="FILE",
-                        help="run the module-level 'application' of this Python file "
-                        "instead of the built-in reverser")
+    parser.add_argument("--config", type=pathlib.Path, metavar="FILE",
+                        help="read options from this TOML file (keys: the long option "
+                        "names); options given here override it")
+    _add_application_options(parser)
     _add_reverser_options(parser, defaults)
     _add_daemon_options(parser, defaults)
+    _add_account_options(parser)
     _add_log_options(parser, defaults)
     parser.add_argument("--version", action="version", version=f"reverserd {__version__}")
     return parser
+
+
+def _add_application_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the application")
+    group.add_argument("-y", "--python", dest="application_file", type=pathlib.Path,
+                       metavar="FILE",
+                       help="run the module-level 'application' of this Python file "
+                       "instead of the built-in reverser")
+    group.add_argument("-f", "--file", dest="state_file", type=pathlib.Path, metavar="FILE",
+                       help="run the application saved in this state file "
+                       "(<Name>-shutdown.json); with -y, the file's application as saved "
+                       "there; implies --save")
+    saving = group.add_mutually_exclusive_group()
+    saving.add_argument("--save", dest="save", action="store_const", const=True,
+                        help="at stop, save the application's state to "
+                        "<Name>-shutdown.json in the run directory (default: only "
+                        "with --file)")
+    saving.add_argument("-o", "--no-save", "--no_save", dest="save", action="store_const",
+                        const=False, help="do not save the application's state at stop")
 
 
 def _add_reverser_options(parser: argparse.ArgumentParser, defaults: config.Config) -> None:
@@ -91,8 +117,9 @@ def _add_daemon_options(parser: argparse.ArgumentParser, defaults: config.Config
                        help=f"pidfile; its lock and state files sit next to it (default: "
                        f"{config.DEFAULT_PIDFILE} in the current directory; in the "
                        "foreground, none)")
-    group.add_argument("--rundir", type=pathlib.Path, metavar="DIR",
-                       help="directory the daemon runs in (default: the current one)")
+    group.add_argument("-d", "--rundir", type=pathlib.Path, metavar="DIR",
+                       help="directory the daemon runs in and saves its state to "
+                       "(default: the current one; with --chroot, the jail's root)")
     group.add_argument("--umask", type=_option_type(config.parse_umask), metavar="OCTAL",
                        help="file-creation mask (default: "
                        f"{config.DEFAULT_UMASK:03o} for a daemon; unchanged in the "
@@ -107,15 +134,29 @@ def _add_daemon_options(parser: argparse.ArgumentParser, defaults: config.Config
                        "(default: %(default)s)")
 
 
+def _add_account_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("privileges (when started as root)")
+    group.add_argument("-u", "--user", "--uid", dest="user", metavar="NAME|UID",
+                       help="once the ports are bound, run as this user, with its groups "
+                       "(default: the application's uid, else stay as started)")
+    group.add_argument("-g", "--group", "--gid", dest="group", metavar="NAME|GID",
+                       help="run with this group (default: the application's gid, else "
+                       "the user's primary group)")
+    group.add_argument("--chroot", type=pathlib.Path, metavar="DIR",
+                       help="once the application is loaded and its ports bound, confine "
+                       "the daemon to DIR; run files keep the paths given here")
+
+
 def _add_log_options(parser: argparse.ArgumentParser, defaults: config.Config) -> None:
     group = parser.add_argument_group("logging")
     group.add_argument("--log-level", type=_option_type(config.parse_log_level),
                        default=defaults.log_level, metavar="LEVEL",
                        help=f"one of {', '.join(LEVELS)} (default: %(default)s)")
     destination = group.add_mutually_exclusive_group()
-    destination.add_argument("--logfile", type=pathlib.Path, metavar="PATH",
+    destination.add_argument("-l", "--logfile", type=pathlib.Path, metavar="PATH",
                              help=f"log file (default: {config.DEFAULT_LOGFILE_NAME} next "
-                             "to the pidfile; in the foreground, stdout)")
+                             "to the pidfile; in the foreground, stdout, also asked for "
+                             "with '-')")
     destination.add_argument("--syslog", action="store_true",
                              help="log to the system logger instead of a file")
     group.add_argument("--log-max-bytes", type=_option_type(config.parse_byte_count),
@@ -125,24 +166,101 @@ def _add_log_options(parser: argparse.ArgumentParser, defaults: config.Config) -
     group.add_argument("--log-backups", type=_option_type(config.parse_positive_int),
                        default=defaults.log_backups, metavar="COUNT",
                        help="rotated log files kept (default: %(default)s)")
-    group.add_argument("--syslog-prefix", default=defaults.syslog_prefix, metavar="IDENT",
+    group.add_argument("--syslog-prefix", "--prefix", default=defaults.syslog_prefix,
+                       metavar="IDENT",
                        help="syslog ident (default: %(default)s)")
     group.add_argument("--syslog-address", default=defaults.syslog_address, metavar="PATH",
                        help="the system logger's socket (default: %(default)s)")
 
 
+def config_file_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every option a config file may set, by its key: its first long name."""
+    keys = {}
+    for action in parser._actions:  # argparse offers no public way to list them
+        long_names = [name[2:] for name in action.option_strings if name.startswith("--")]
+        if long_names and action.dest not in NOT_IN_CONFIG_FILE:
+            keys[long_names[0]] = action
+    return keys
+
+
+class _Unset:
+    """Stands for an option not given on the command line."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET = _Unset()
+
+
+def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line over the config file over the defaults, checked."""
+    parser = build_parser()
+    dests = {action.dest for action in parser._actions if action.dest != "verb"}
+    given = parser.parse_args(argv, namespace=argparse.Namespace(
+        **dict.fromkeys(dests, UNSET)))
+    from_file: dict[str, object] = {}
+    if given.config is not UNSET:
+        from_file = config_file.read(given.config.absolute(), config_file_keys(parser))
+    _settle_exclusive_options(given, from_file, given.config)
+    _warn_of_ignored_reverser_options(given, from_file)
+    options = argparse.Namespace(verb=given.verb)
+    for dest in dests:
+        value = getattr(given, dest)
+        if value is UNSET:
+            value = from_file.get(dest, parser.get_default(dest))
+        setattr(options, dest, value)
+    return options
+
+
+def _warn_of_ignored_reverser_options(given: argparse.Namespace,
+                                      from_file: dict[str, object]) -> None:
+    """An application from ``-y`` or ``-f`` brings its own ports: say so when
+    the built-in reverser's options are given with it, instead of silently
+    serving elsewhere than asked."""
+    source = next((value for value in (given.application_file, given.state_file,
+                                       from_file.get("application_file"),
+                                       from_file.get("state_file"))
+                   if value is not UNSET and value is not None), None)
+    if source is None:
+        return
+    ignored = [f"--{dest.replace('_', '-')}" for dest in REVERSER_OPTIONS
+               if getattr(given, dest) is not UNSET]
+    if ignored:
+        print(f"reverserd: ignoring {', '.join(ignored)}: the application from {source} "
+              "has its own settings", file=sys.stderr, flush=True)
+
+
+def _settle_exclusive_options(given: argparse.Namespace, from_file: dict[str, object],
+                              path: object) -> None:
+    """Let a command-line option replace the config file's opposite one; two
+    opposites in the file itself are an error naming both."""
+    for pair in EXCLUSIVE:
+        if any(getattr(given, dest) is not UNSET for dest in pair):
+            for dest in pair:
+                from_file.pop(dest, None)
+        elif all(dest in from_file for dest in pair):
+            keys = " and ".join(repr(dest.replace("_", "-")) for dest in pair)
+            raise UsageError(f"{path}: keys {keys} exclude each other")
+
+
 def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config]:
     """Turn a command line into a verb and a validated ``Config``."""
-    parser = build_parser()
-    options = parser.parse_args(argv)
+    options = parse_options(argv)
     verb = options.verb
     if options.foreground:
         if verb not in (None, "run"):
             raise UsageError(f"--foreground cannot be combined with {verb}")
         verb = "run"
     if verb is None:
-        parser.print_usage(sys.stderr)
+        build_parser().print_usage(sys.stderr)
         raise UsageError(f"give a verb ({', '.join(ACTIONS)}) or --foreground")
+    logfile = options.logfile
+    if logfile == STDOUT:
+        if verb != "run":
+            raise UsageError("--logfile - (stdout) needs --foreground: a daemon has no "
+                             "terminal")
+        logfile = None
     pidfile = options.pidfile
     if pidfile is None and verb in DAEMON_VERBS:
         pidfile = pathlib.Path(config.DEFAULT_PIDFILE)
@@ -153,10 +271,12 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config
         shutdown_timeout=options.shutdown_timeout,
         log_level=options.log_level,
         application_file=options.application_file,
+        state_file=_absolute(options.state_file),
+        save=options.save,
         pidfile=_absolute(pidfile),
         rundir=_absolute(options.rundir),
         umask=options.umask,
-        logfile=_absolute(options.logfile),
+        logfile=_absolute(logfile),
         log_max_bytes=options.log_max_bytes,
         log_backups=options.log_backups,
         syslog=options.syslog,
@@ -164,6 +284,9 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config
         syslog_address=options.syslog_address,
         start_timeout=options.start_timeout,
         stop_timeout=options.stop_timeout,
+        user=options.user,
+        group=options.group,
+        chroot=_absolute(options.chroot),
     )
 
 
@@ -179,5 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"reverserd: {error}", file=sys.stderr)
         return error.exit_status
+    except OSError as error:  # the environment refused something no check foresaw
+        where = f": {error.filename}" if error.filename else ""
+        print(f"reverserd: {os_reason(error)}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -30,6 +30,8 @@ class Config:
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     log_level: str = "info"
     application_file: pathlib.Path | None = None
+    state_file: pathlib.Path | None = None
+    save: bool | None = None
     pidfile: pathlib.Path | None = None
     rundir: pathlib.Path | None = None
     umask: int | None = None
@@ -41,6 +43,15 @@ class Config:
     syslog_address: str = "/dev/log"
     start_timeout: float = 10.0
     stop_timeout: float = 10.0
+    user: str | None = None
+    group: str | None = None
+    chroot: pathlib.Path | None = None
+
+    @property
+    def saves_state(self) -> bool:
+        """Whether ``<Name>-shutdown.json`` is written at stop: as with twistd,
+        by default only for an application run from a state file."""
+        return self.state_file is not None if self.save is None else self.save
 
     @property
     def daemon_logfile(self) -> pathlib.Path | None:

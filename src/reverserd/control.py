@@ -11,23 +11,25 @@ import logging
 import os
 import pathlib
 import signal
+import stat
 import sys
 import time
 
-from reverserd import application, detach, logs, runner
+from reverserd import detach, launch, logs, privileges, runner
 from reverserd.config import DEFAULT_UMASK, Config
 from reverserd.errors import UserError, os_reason
-from reverserd.internet import listening_sockets
 from reverserd.pidfile import (
     Claim,
+    DaemonState,
     Inspection,
     Liveness,
     RunFiles,
     RunLock,
     holds_open,
     inspect,
+    read_state,
 )
-from reverserd.service import Application
+from reverserd.privileges import Account
 
 STATUS_RUNNING = 0
 STATUS_DEAD = 1
@@ -36,6 +38,7 @@ STATUS_UNKNOWN = 4
 
 POLL_INTERVAL = 0.01
 DEATH_PATIENCE = 5.0
+REFRESH_PATIENCE = 1.0
 
 
 def say(message: str) -> None:
@@ -49,43 +52,48 @@ def warn(message: str) -> None:
 def start(config: Config) -> int:
     """Detach a daemon and return once it serves, or say why it could not."""
     files = _run_files(config)
-    rundir = config.rundir or pathlib.Path.cwd()
-    if not rundir.is_dir():
-        raise UserError(f"cannot use run directory {rundir}: no such directory")
-    files.check_usable()
+    jail = launch.plan_jail(config)
+    rundir = launch.run_directory(config)
+    _check_run_directory(rundir)
+    account = launch.account_from_options(config)
     umask = DEFAULT_UMASK if config.umask is None else config.umask
     os.umask(umask)
+    privileges.ensure_directory(files.pidfile.parent, account, "its pidfile and lock file")
+    files.check_usable()
     claimed = _claim(files, config.start_timeout)
     if isinstance(claimed, int):
         say(f"already running: pid {claimed}")
         return 0
     try:
         _remove_stale_files(claimed)
-        logs.install(_open_daemon_log(config), config.log_level)
-        app = application.load(config)
-        app.privileged_start_service()
+        logs.install(_open_daemon_log(config, account), config.log_level)
+        prepared = launch.prepare(config, claimed, jail)
         spawned = detach.spawn(
-            lambda reporter: _serve_as_daemon(app, claimed, reporter),
-            detach.Detachment(rundir, umask, [*_socket_fds(app), claimed.lock.fd,
-                                              *logs.open_fds()], logs.log_file_stream()),
+            lambda reporter: _serve_as_daemon(prepared, claimed, reporter),
+            detach.Detachment(rundir, umask,
+                              [*prepared.keep_fds(), *claimed.lock.keep_fds(),
+                               *logs.open_fds()],
+                              logs.log_file_stream()),
         )
     except BaseException:
         claimed.release()
         raise
     claimed.lock.close()
+    prepared.close()
     return _report_start(files, detach.await_report(spawned, config.start_timeout),
                          config)
 
 
-def _serve_as_daemon(app: Application, claim: Claim,
+def _serve_as_daemon(prepared: launch.Launch, claim: Claim,
                      reporter: detach.Reporter) -> None:
     logs.capture_stdio_and_crashes()
     try:
-        claim.write_pidfile()
+        prepared.enter(claim)
     except BaseException:
         claim.release()
         raise
-    runner.run(app, claim, on_ready=reporter.ready)
+    runner.run(prepared.application, claim, on_ready=reporter.ready,
+               save_to=prepared.state_directory)
 
 
 def _report_start(files: RunFiles, report: detach.Report, config: Config) -> int:
@@ -183,8 +191,9 @@ def status(config: Config) -> int:
         say(f"status unknown: {os_reason(error)} ({files.pidfile})")
         return STATUS_UNKNOWN
     if found.liveness is Liveness.RUNNING and found.state is not None:
-        say(f"running: pid {found.pid}{_listening(found.state.addresses)}, "
-            f"up {format_duration(found.state.uptime())}")
+        state = _fresh_state(files, found.state)
+        say(f"running: pid {state.pid}{_listening(state.addresses)}, "
+            f"up {format_duration(state.uptime())}, {count(state.lines_served, 'line')} served")
         return STATUS_RUNNING
     if found.liveness is Liveness.STARTING:
         say(f"starting: pid {found.pid or '?'}")
@@ -196,8 +205,33 @@ def status(config: Config) -> int:
     return STATUS_NOT_RUNNING
 
 
+def _fresh_state(files: RunFiles, state: DaemonState) -> DaemonState:
+    """Ask the daemon to rewrite its state file (SIGUSR2) and wait briefly for
+    it, so the line count is the current one; the last one written if the
+    daemon may not be signalled or does not answer in time."""
+    asked = time.time()
+    if holds_open(state.pid, files.lock) is not True:
+        return state
+    try:
+        os.kill(state.pid, runner.REFRESH_SIGNAL)
+    except OSError:
+        return state
+    deadline = time.monotonic() + REFRESH_PATIENCE
+    while time.monotonic() < deadline:
+        fresh = read_state(files.state)
+        if fresh is not None and fresh.pid == state.pid and fresh.refreshed >= asked:
+            return fresh
+        time.sleep(POLL_INTERVAL)
+    return state
+
+
 def _listening(addresses: tuple[str, ...]) -> str:
     return f", listening on {', '.join(addresses)}" if addresses else ""
+
+
+def count(number: int, noun: str) -> str:
+    """``1 line``, ``2 lines``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def format_duration(seconds: float) -> str:
@@ -217,13 +251,16 @@ def restart(config: Config) -> int:
 
 def run_foreground(config: Config) -> int:
     """Serve attached to the terminal; the pidfile only when one is asked for."""
-    if config.rundir is not None and not config.rundir.is_dir():
-        raise UserError(f"cannot use run directory {config.rundir}: no such directory")
+    jail = launch.plan_jail(config)
+    if config.rundir is not None:
+        _check_run_directory(config.rundir)
+    account = launch.account_from_options(config)
     if config.umask is not None:
         os.umask(config.umask)
     claim = None
     if config.pidfile is not None:
         files = RunFiles(config.pidfile)
+        privileges.ensure_directory(files.pidfile.parent, account, "its pidfile and lock file")
         files.check_usable()
         claimed = _claim(files, config.start_timeout)
         if isinstance(claimed, int):
@@ -232,19 +269,31 @@ def run_foreground(config: Config) -> int:
     try:
         if claim is not None:
             _remove_stale_files(claim)
-        logs.install(_open_foreground_log(config), config.log_level)
-        app = application.load(config)
-        app.privileged_start_service()
+        logs.install(_open_foreground_log(config, account), config.log_level)
+        prepared = launch.prepare(config, claim, jail)
         if config.rundir is not None:
             os.chdir(config.rundir)
-        if claim is not None:
-            claim.write_pidfile()
+        prepared.enter(claim)
     except BaseException:
         if claim is not None:
             claim.release()
         raise
-    runner.run(app, claim)
+    try:
+        runner.run(prepared.application, claim, save_to=prepared.state_directory)
+    finally:
+        prepared.close()
     return 0
+
+
+def _check_run_directory(path: pathlib.Path) -> None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"cannot use run directory {path}: no such directory") from None
+    except OSError as error:
+        raise UserError(f"cannot use run directory {path}: {os_reason(error)}") from None
+    if not stat.S_ISDIR(found.st_mode):
+        raise UserError(f"cannot use run directory {path}: not a directory")
 
 
 def _run_files(config: Config) -> RunFiles:
@@ -306,19 +355,16 @@ def _remove_stale_files(claim: Claim) -> None:
         warn(f"removing stale pidfile {claim.files.pidfile} ({reason})")
 
 
-def _open_daemon_log(config: Config) -> logging.Handler:
+def _open_daemon_log(config: Config, account: Account | None) -> logging.Handler:
     if config.syslog:
         return logs.open_syslog(config.syslog_prefix, config.syslog_address)
     logfile = config.daemon_logfile
     assert logfile is not None
+    privileges.ensure_directory(logfile.parent, account, "its log file")
     return logs.open_log_file(logfile, config.log_max_bytes, config.log_backups)
 
 
-def _open_foreground_log(config: Config) -> logging.Handler:
+def _open_foreground_log(config: Config, account: Account | None) -> logging.Handler:
     if config.syslog or config.logfile is not None:
-        return _open_daemon_log(config)
+        return _open_daemon_log(config, account)
     return logs.open_stdout()
-
-
-def _socket_fds(app: Application) -> list[int]:
-    return [sock.fileno() for sock in listening_sockets(app)]

@@ -6,9 +6,11 @@ import asyncio
 import logging
 import socket
 from collections.abc import Iterator
+from typing import Any, Self
 
 from reverserd.addresses import format_address
 from reverserd.errors import UserError, os_reason
+from reverserd.persist import StateError, StateReader, restorable, state_type
 from reverserd.protocol import LineHandler
 from reverserd.service import MultiService, Service
 
@@ -44,6 +46,7 @@ def bind_listening_socket(interface: str, port: int, backlog: int) -> socket.soc
     return sock
 
 
+@restorable
 class TCPServer(Service):
     """Serves ``handler_class`` on one TCP port.
 
@@ -51,7 +54,12 @@ class TCPServer(Service):
     can be taken before root is given up. ``stop_service`` stops accepting,
     lets every connection answer the lines it already received, and closes
     what is still open after ``shutdown_timeout`` seconds.
+
+    ``lines_served`` counts the lines answered over the server's whole life,
+    across restarts from a state file.
     """
+
+    state_type = "reverserd.TCPServer"
 
     def __init__(
         self,
@@ -72,6 +80,43 @@ class TCPServer(Service):
         self._socket: socket.socket | None = None
         self._server: asyncio.Server | None = None
         self._connections: dict[LineHandler, asyncio.Task[object]] = {}
+        self._lines_before = 0  # by connections now closed, and before a restore
+
+    @property
+    def lines_served(self) -> int:
+        return self._lines_before + sum(
+            handler.lines_answered for handler in self._connections)
+
+    def save_state(self) -> dict[str, Any]:
+        handler = state_type(self.handler_class)
+        if handler is None:
+            raise UserError(f"service {self.name or 'TCPServer'!r} cannot be saved: its "
+                            f"handler {self.handler_class.__qualname__} is not @restorable")
+        return {
+            "port": self.address[1],  # where it listened: a restart comes back there
+            "interface": self.interface,
+            "backlog": self.backlog,
+            "handler": handler,
+            "max_line_length": self.max_line_length,
+            "shutdown_timeout": self.shutdown_timeout,
+            "lines_served": self.lines_served,
+        }
+
+    @classmethod
+    def restore_state(cls, state: StateReader) -> Self:
+        port = state.integer("port")
+        if port > 65535:
+            raise StateError(f"{state.where}: 'port' must be at most 65535, not {port}")
+        server = cls(
+            port,
+            state.restorable_class("handler", LineHandler),
+            state.text("interface"),
+            state.integer("backlog", minimum=1, default=DEFAULT_BACKLOG),
+            max_line_length=state.optional_integer("max_line_length", minimum=1),
+            shutdown_timeout=state.number("shutdown_timeout"),
+        )
+        server._lines_before = state.integer("lines_served", default=0)
+        return server
 
     @property
     def listening_socket(self) -> socket.socket | None:
@@ -117,7 +162,9 @@ class TCPServer(Service):
         await self._server.wait_closed()
         self._server = None
         self._socket = None
-        log.info("stopped listening on %s", where)
+        served = self.lines_served
+        log.info("stopped listening on %s; %d line%s served in all", where, served,
+                 "" if served == 1 else "s")
 
     async def _finish_connections(self) -> None:
         """Let open connections answer what they hold, within the grace period.
@@ -162,6 +209,7 @@ class TCPServer(Service):
             await handler.serve()
         finally:
             del self._connections[handler]
+            self._lines_before += handler.lines_answered
 
 
 def _tcp_servers(service: Service) -> Iterator[TCPServer]:
@@ -175,6 +223,11 @@ def _tcp_servers(service: Service) -> Iterator[TCPServer]:
 def listening_addresses(service: Service) -> tuple[str, ...]:
     """Where every ``TCPServer`` in a service tree listens, in tree order."""
     return tuple(format_address(*server.address) for server in _tcp_servers(service))
+
+
+def lines_served(service: Service) -> int:
+    """Lines answered by every ``TCPServer`` in a service tree, over its life."""
+    return sum(server.lines_served for server in _tcp_servers(service))
 
 
 def listening_sockets(service: Service) -> list[socket.socket]:

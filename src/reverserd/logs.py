@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import itertools
 import logging
 import logging.handlers
 import os
@@ -18,6 +19,7 @@ import sys
 import threading
 import types
 
+from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -45,17 +47,51 @@ class LogFile(logging.handlers.RotatingFileHandler):
     Reopening is what an external logrotate needs after moving the file.
     Once the file owns the process's stdout and stderr (in a daemon), each
     reopen or rotation points descriptors 1 and 2 at the new file as well, so
-    output from C code or child processes follows the log.
+    output from C code or child processes follows the log. The file is
+    reached through its directory's descriptor, so rotating and reopening
+    still work inside a chroot.
     """
 
     owns_stdio = False
 
+    def __init__(self, path: pathlib.Path, max_bytes: int, backups: int) -> None:
+        self.directory = DirectoryHandle(path.parent)
+        try:
+            super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        except BaseException:
+            self.directory.close()
+            raise
+
+    @property
+    def name_in_directory(self) -> str:
+        return os.path.basename(self.baseFilename)
+
     def _open(self) -> io.TextIOWrapper:
-        stream = super()._open()
+        fd = self.directory.open(self.name_in_directory,
+                                 os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        stream = open(fd, "a", encoding="utf-8", errors=self.errors)  # noqa: SIM115
         if self.owns_stdio:
-            for fd in (1, 2):
-                os.dup2(stream.fileno(), fd)
+            for stdio in (1, 2):
+                os.dup2(fd, stdio)
         return stream
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        if not self.directory.is_regular_file(self.name_in_directory):
+            return False  # never rotate a device such as /dev/stdout, nor a lost file
+        return bool(super().shouldRollover(record))
+
+    def doRollover(self) -> None:
+        """Shift ``log.1`` … to ``log.2`` …, then the log to ``log.1``."""
+        if self.stream:
+            self.stream.close()
+            self.stream = None
+        name = self.name_in_directory
+        names = [name, *(f"{name}.{number}" for number in range(1, self.backupCount + 1))]
+        if self.backupCount > 0:
+            for older, newer in reversed(list(itertools.pairwise(names))):
+                if self.directory.lstat(older) is not None:
+                    self.directory.replace(older, newer)
+        self.stream = self._open()
 
     def reopen(self) -> None:
         self.acquire()
@@ -65,6 +101,16 @@ class LogFile(logging.handlers.RotatingFileHandler):
             self.stream = self._open()
         finally:
             self.release()
+
+    def hand_over(self, uid: int, gid: int) -> None:
+        """Give the file to the account the daemon will run as, so it can
+        still reopen and rotate it."""
+        if self.stream is not None:
+            os.fchown(self.stream.fileno(), uid, gid)
+
+    def close(self) -> None:
+        super().close()
+        self.directory.close()
 
 
 class SyslogHandler(logging.handlers.SysLogHandler):
@@ -81,7 +127,7 @@ class SyslogHandler(logging.handlers.SysLogHandler):
 
 def open_log_file(path: pathlib.Path, max_bytes: int, backups: int) -> LogFile:
     try:
-        handler = LogFile(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        handler = LogFile(path, max_bytes, backups)
     except OSError as error:
         raise UserError(f"cannot open log file {path}: {os_reason(error)}") from None
     handler.setFormatter(IsoFormatter(FORMAT))
@@ -129,7 +175,7 @@ def open_fds() -> list[int]:
     fds = []
     for handler in logging.getLogger().handlers:
         if isinstance(handler, LogFile) and handler.stream is not None:
-            fds.append(handler.stream.fileno())
+            fds += [handler.stream.fileno(), handler.directory.fd]
         elif isinstance(handler, SyslogHandler):
             sock = getattr(handler, "socket", None)  # set by the handler, not declared
             if sock is not None:
@@ -137,19 +183,25 @@ def open_fds() -> list[int]:
     return fds
 
 
-def log_file_stream() -> io.TextIOWrapper | None:
-    """The installed log file's stream, to which a daemon's stdout and stderr go."""
+def installed_log_file() -> LogFile | None:
+    """The log file records go to; ``None`` for syslog or stdout."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, LogFile):
-            return handler.stream
+            return handler
     return None
 
 
+def log_file_stream() -> io.TextIOWrapper | None:
+    """The installed log file's stream, to which a daemon's stdout and stderr go."""
+    log_file = installed_log_file()
+    return None if log_file is None else log_file.stream
+
+
 def reopen() -> None:
-    """Reopen log files by name (after an external rotation moved them)."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, LogFile):
-            handler.reopen()
+    """Reopen the log file by name (after an external rotation moved it)."""
+    log_file = installed_log_file()
+    if log_file is not None:
+        log_file.reopen()
 
 
 class _LoggingStream(io.TextIOBase):

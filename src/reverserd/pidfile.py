@@ -27,6 +27,7 @@ import time
 import lockfile
 from daemon.pidfile import TimeoutPIDLockFile
 
+from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
 
 
@@ -68,11 +69,20 @@ class RunFiles:
 
 
 class RunLock:
-    """An exclusive ``flock`` on the lock file, held by whoever has ``fd`` open."""
+    """An exclusive ``flock`` on the lock file, held by whoever has ``fd`` open.
 
-    def __init__(self, path: pathlib.Path, fd: int) -> None:
-        self.path = path
+    The lock file's directory is held open too, so the lock can still be
+    removed by name after a chroot.
+    """
+
+    def __init__(self, directory: DirectoryHandle, name: str, fd: int) -> None:
+        self.directory = directory
+        self.name = name
         self.fd = fd
+
+    @property
+    def path(self) -> pathlib.Path:
+        return self.directory.path / self.name
 
     @classmethod
     def try_acquire(cls, path: pathlib.Path) -> RunLock | None:
@@ -81,26 +91,41 @@ class RunLock:
         The holder unlinks the file on release, so a lock taken on a file that
         was unlinked meanwhile is worthless: take it again on the new file.
         """
+        try:
+            directory = DirectoryHandle(path.parent)
+        except OSError as error:
+            raise UserError(f"cannot create lock file {path} (next to the pidfile): "
+                            f"{os_reason(error)}") from None
         for _ in range(100):
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+                fd = directory.open(path.name, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as error:
+                directory.close()
                 raise UserError(f"cannot create lock file {path} (next to the pidfile): "
                                 f"{os_reason(error)}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
+                directory.close()
                 return None
-            if _same_file(fd, path):
-                return cls(path, fd)
+            on_disk = directory.lstat(path.name)
+            held = os.fstat(fd)
+            if on_disk is not None and (held.st_dev, held.st_ino) == (on_disk.st_dev,
+                                                                       on_disk.st_ino):
+                return cls(directory, path.name, fd)
             os.close(fd)
+        directory.close()
         raise UserError(f"cannot take lock file {path}: it keeps being replaced")
+
+    def keep_fds(self) -> list[int]:
+        """Descriptors a daemon must inherit to go on holding this lock."""
+        return [self.fd, self.directory.fd]
 
     def release(self) -> None:
         """Remove the file, then let go: nobody can lock the removed file after us."""
         try:
-            self.path.unlink(missing_ok=True)
+            self.directory.unlink(self.name)
         finally:
             self.close()
 
@@ -109,15 +134,7 @@ class RunLock:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _same_file(fd: int, path: pathlib.Path) -> bool:
-    try:
-        on_disk = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+        self.directory.close()
 
 
 def lock_is_held(path: pathlib.Path) -> bool:
@@ -151,29 +168,42 @@ def read_pid(path: pathlib.Path) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class DaemonState:
-    """What a serving daemon says about itself."""
+    """What a serving daemon says about itself.
+
+    ``refreshed`` is when the daemon last wrote it: ``status`` asks for a
+    fresh copy (SIGUSR2) and waits for this to move past its request.
+    """
 
     pid: int
     started: float
     addresses: tuple[str, ...]
+    lines_served: int = 0
+    refreshed: float = 0.0
 
     def uptime(self) -> float:
         return max(0.0, time.time() - self.started)
 
+    def to_json(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self)).encode("utf-8")
+
 
 def write_state(path: pathlib.Path, state: DaemonState) -> None:
     """Write atomically (temp file, then rename): readers see all or nothing."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(dataclasses.asdict(state)), encoding="utf-8")
-    temporary.replace(path)
+    directory = DirectoryHandle(path.parent)
+    try:
+        directory.write_atomically(path.name, state.to_json())
+    finally:
+        directory.close()
 
 
 def read_state(path: pathlib.Path) -> DaemonState | None:
     try:
         fields = json.loads(path.read_text(encoding="utf-8"))
         return DaemonState(int(fields["pid"]), float(fields["started"]),
-                           tuple(str(address) for address in fields["addresses"]))
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+                           tuple(str(address) for address in fields["addresses"]),
+                           int(fields.get("lines_served", 0)),
+                           float(fields.get("refreshed", 0.0)))
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         return None  # not written yet, or written by something else: no report
 
 
@@ -250,13 +280,20 @@ class Claim:
     """A daemon's hold on its run files, from the lock to the state file.
 
     ``release`` undoes everything in reverse order; it is safe to call at any
-    stage, so a start-up failure leaves no file behind.
+    stage, so a start-up failure leaves no file behind. Once the pidfile is
+    written, every file is reached through the lock's directory handle, so
+    all of this works unchanged inside a chroot.
     """
 
     def __init__(self, files: RunFiles, lock: RunLock) -> None:
         self.files = files
         self.lock = lock
-        self._pidfile: TimeoutPIDLockFile | None = None
+        self._wrote_pidfile = False
+        self._serving_since: float | None = None
+
+    @property
+    def directory(self) -> DirectoryHandle:
+        return self.lock.directory
 
     def remove_stale_files(self) -> str | None:
         """Remove what a dead daemon left; say why the pidfile was stale, if any.
@@ -273,8 +310,13 @@ class Claim:
                 raise UserError(f"cannot remove stale {path}: {os_reason(error)}") from None
         return reason
 
-    def write_pidfile(self) -> None:
-        """Write this process's pid; called in the process that will serve."""
+    def hand_over(self, uid: int, gid: int) -> None:
+        """Give the lock file to the account the daemon will run as."""
+        os.fchown(self.lock.fd, uid, gid)
+
+    def write_pidfile(self, owner: tuple[int, int] | None = None) -> None:
+        """Write this process's pid; called in the process that will serve,
+        before any chroot (lockfile works with the path alone)."""
         pidfile = TimeoutPIDLockFile(str(self.files.pidfile), 0)
         try:
             pidfile.acquire()
@@ -284,17 +326,24 @@ class Claim:
         except lockfile.LockFailed:
             reason = _creation_failure(self.files.pidfile)
             raise UserError(f"cannot write pidfile {self.files.pidfile}: {reason}") from None
-        self._pidfile = pidfile
+        self._wrote_pidfile = True
+        if owner is not None:
+            os.chown(self.files.pidfile, *owner, follow_symlinks=False)
 
-    def write_state(self, addresses: tuple[str, ...]) -> None:
-        write_state(self.files.state, DaemonState(os.getpid(), time.time(), addresses))
+    def write_state(self, addresses: tuple[str, ...], lines_served: int) -> None:
+        """Say the daemon serves (first call) or refresh what it says."""
+        now = time.time()
+        if self._serving_since is None:
+            self._serving_since = now
+        state = DaemonState(os.getpid(), self._serving_since, addresses, lines_served, now)
+        self.directory.write_atomically(self.files.state.name, state.to_json())
 
     def release(self) -> None:
-        self.files.state.unlink(missing_ok=True)
-        if self._pidfile is not None:
-            if self._pidfile.i_am_locking():
-                self._pidfile.release()
-            self._pidfile = None
+        if self.directory.fd >= 0:
+            self.directory.unlink(self.files.state.name)
+            if self._wrote_pidfile:
+                self.directory.unlink(self.files.pidfile.name)
+                self._wrote_pidfile = False
         self.lock.release()
 
 

@@ -17,6 +17,7 @@ import socket
 from typing import ClassVar
 
 from reverserd.addresses import format_sockaddr
+from reverserd.persist import restorable
 from reverserd.reversal import reverse
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class LineHandler:
         if max_line_length is not None:
             self.max_line_length = max_line_length
         self._partial = b""
+        self.lines_answered = 0
         self._closing = False
         self._stopping = False
 
@@ -152,6 +154,7 @@ class LineHandler:
         finally:
             if replies:
                 self.writer.write(b"".join(replies))
+                self.lines_answered += len(replies) >> 1  # a reply and its line end each
 
     def _answer(self, data: bytes, replies: list[bytes]) -> None:
         """Append to ``replies`` the answers to every line ``data`` completes."""
@@ -201,8 +204,11 @@ class LineHandler:
 LineHandler._commands = _command_table(LineHandler)
 
 
+@restorable
 class Reverser(LineHandler):
     """Answers every line with its reversal (see ``reverse``)."""
+
+    state_type = "reverserd.Reverser"
 
     def line_received(self, line: bytes) -> bytes:
         return reverse(line)

@@ -14,9 +14,10 @@ import platform
 import signal
 from collections.abc import Callable, Iterator
 
-from reverserd import __version__, logs
-from reverserd.errors import UserError
-from reverserd.internet import listening_addresses
+from reverserd import __version__, logs, persist
+from reverserd.directories import DirectoryHandle
+from reverserd.errors import UserError, os_reason
+from reverserd.internet import lines_served, listening_addresses
 from reverserd.pidfile import Claim
 from reverserd.service import Application
 
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 REOPEN_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
-HANDLED_SIGNALS = (*STOP_SIGNALS, *REOPEN_SIGNALS)
+REFRESH_SIGNAL = signal.SIGUSR2
+HANDLED_SIGNALS = (*STOP_SIGNALS, *REOPEN_SIGNALS, REFRESH_SIGNAL)
 
 ReadyCallback = Callable[[tuple[str, ...]], None]
 
@@ -34,34 +36,55 @@ class ApplicationFailed(UserError):
 
 
 def run(application: Application, claim: Claim | None = None,
-        on_ready: ReadyCallback | None = None) -> None:
+        on_ready: ReadyCallback | None = None,
+        save_to: DirectoryHandle | None = None) -> None:
     """Serve ``application`` until SIGTERM or SIGINT, then stop it gracefully.
 
-    ``claim``'s files are written once the application serves and removed
-    before ``stopped`` is logged, so that line really is the last word.
+    ``claim``'s state file is written once the application serves, and
+    again on SIGUSR2 (``status`` asks for the latest line count that way).
+    After a clean stop the application's state is saved into ``save_to``.
+    The claim's files are removed before ``stopped`` is logged, so that line
+    really is the last word.
     """
     log.info("reverserd %s starting: Python %s, pid %d, application %s",
              __version__, platform.python_version(), os.getpid(), application.name)
 
-    def announce(addresses: tuple[str, ...]) -> None:
+    def write_state() -> None:
         if claim is not None:
-            claim.write_state(addresses)
+            claim.write_state(listening_addresses(application), lines_served(application))
+
+    def announce(addresses: tuple[str, ...]) -> None:
+        write_state()
         if on_ready is not None:
             on_ready(addresses)
 
     try:
-        asyncio.run(serve(application, announce))
+        asyncio.run(serve(application, announce, write_state))
+        if save_to is not None:
+            _save(application, save_to)
     finally:
         if claim is not None:
             claim.release()
         log.info("stopped")
 
 
-async def serve(application: Application, on_ready: ReadyCallback | None = None) -> None:
+def _save(application: Application, directory: DirectoryHandle) -> None:
+    try:
+        path = persist.write_state_file(application, directory)
+    except OSError as error:
+        log.error("cannot save the application's state in %s: %s", directory.path,
+                  os_reason(error))
+        raise UserError(f"cannot save the application's state in {directory.path}: "
+                        f"{os_reason(error)}") from None
+    log.info("saved the application's state to %s", path)
+
+
+async def serve(application: Application, on_ready: ReadyCallback | None = None,
+                on_refresh: Callable[[], None] | None = None) -> None:
     """Start ``application``, wait for a stop signal, stop it gracefully.
 
     A second stop signal cancels the graceful stop: connections still busy
-    are closed at once.
+    are closed at once. SIGUSR2, once serving, calls ``on_refresh``.
     """
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -83,11 +106,22 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None)
         loop.add_signal_handler(signum, on_stop_signal, signum)
     for signum in REOPEN_SIGNALS:
         loop.add_signal_handler(signum, _reopen_log, signum)
+    serving = asyncio.Event()
+
+    def on_refresh_signal() -> None:
+        if serving.is_set() and on_refresh is not None:
+            try:
+                on_refresh()
+            except OSError as error:
+                log.warning("cannot refresh the state file: %s", os_reason(error))
+
+    loop.add_signal_handler(REFRESH_SIGNAL, on_refresh_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     try:
         with _reported(application, "failed to start"):
             await application.start_service()
         try:
+            serving.set()
             if on_ready is not None:
                 on_ready(listening_addresses(application))
             await stop_requested.wait()

@@ -20,7 +20,8 @@ reverserd                      Twisted
 ``remove_service(s)``          ``removeService(s)``
 ``get_service_named(n)``       ``getServiceNamed(n)``
 ``iter(multi_service)``        ``iter(multiService)``
-``Application(name, uid, gid)`` ``Application(name, uid, gid)``
+``Application(name, uid, gid,  ``Application(name, uid, gid)``
+process_name)``                 and ``IProcess.processName``
 =============================  =====================================
 
 Two of Twisted's known flaws are fixed: a child that cannot be added (its
@@ -33,6 +34,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from reverserd.persist import StateReader
 
 
 class Service:
@@ -76,6 +83,20 @@ class Service:
         """Finish work in progress and release what the service holds."""
         self.running = False
 
+    def save_state(self) -> dict[str, Any]:
+        """The settings ``restore_state`` needs to rebuild this service.
+
+        Only used for classes marked ``@restorable``; the name, the parent
+        and the children are saved by the caller.
+        """
+        return {}
+
+    @classmethod
+    def restore_state(cls, state: StateReader) -> Self:
+        """Rebuild a service from ``save_state``'s settings, read through
+        ``state`` so that every value is checked before it is used."""
+        return cls()
+
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<{type(self).__name__} {self.name!r} {state}>"
@@ -83,6 +104,8 @@ class Service:
 
 class MultiService(Service):
     """A service made of children: started in order, stopped in reverse."""
+
+    state_type = "reverserd.MultiService"
 
     def __init__(self) -> None:
         self._children: list[Service] = []
@@ -169,11 +192,15 @@ class Application(MultiService):
     """The root of a service tree, as run by ``reverserd``.
 
     ``uid`` and ``gid`` name the account the process should run as once its
-    ports are bound (``None``: stay as started).
+    ports are bound (``None``: stay as started; ``--user`` and ``--group``
+    override them). ``process_name`` is what ``ps`` and ``pgrep`` show for
+    the serving process (``None``: ``reverserd``).
     """
 
-    def __init__(self, name: str, uid: int | None = None, gid: int | None = None) -> None:
+    def __init__(self, name: str, uid: int | None = None, gid: int | None = None,
+                 process_name: str | None = None) -> None:
         super().__init__()
         self.name = name
         self.uid = uid
         self.gid = gid
+        self.process_name = process_name

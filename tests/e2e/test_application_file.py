@@ -102,3 +102,60 @@ def test_an_application_with_two_ports(reverserd, tmp_path) -> None:
         with connect(port) as sock:
             sock.sendall(b"ab\nquit\n")
             assert receive_until_closed(sock) == b"ba\n"
+
+
+def test_a_syntax_error_in_a_module_beside_it_names_that_module(tmp_path) -> None:
+    (tmp_path / "services.py").write_text("def broken(:\n    pass\n")
+    path = tmp_path / "app.py"
+    path.write_text("import services\n")
+    result = run_with(path)
+    assert result.returncode == 1
+    assert result.stderr == (f"reverserd: {tmp_path / 'services.py'}:1: syntax error: "
+                             "invalid syntax\n")
+
+
+@pytest.mark.parametrize("verb", ["start", "restart"])
+def test_an_application_file_runs_as_a_daemon(daemons, tmp_path, verb: str) -> None:
+    (tmp_path / "services.py").write_text(
+        "from reverserd import Reverser, TCPServer\n"
+        "class Upper(Reverser):\n"
+        "    def line_received(self, line):\n"
+        "        return super().line_received(line).upper()\n"
+        "def upper_service():\n"
+        "    return TCPServer(0, Upper)\n"
+    )
+    (tmp_path / "app.py").write_text(
+        "from reverserd import Application\n"
+        "from services import upper_service\n"
+        "application = Application('upper')\n"
+        "upper_service().set_service_parent(application)\n"
+    )
+    result = daemons.run(verb, "-y", "app.py")
+    assert result.returncode == 0, result
+    port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)\n", result.stdout).group(1))
+    with connect(port) as sock:
+        sock.sendall(b"abc\nquit\n")
+        assert receive_until_closed(sock) == b"CBA\n"
+    assert "application upper" in daemons.log()
+    restarted = daemons.run("restart", "-y", "app.py")
+    assert restarted.returncode == 0, restarted
+    assert re.search(r"^reverserd stopped: pid \d+\nreverserd started: pid \d+, listening on ",
+                     restarted.stdout), restarted.stdout
+    daemons.stop()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [(None, "cannot load {path}: no such file"),
+     ("application = 3\n", "'application' in {path} is a int, not a reverserd.Application")],
+    ids=["missing", "wrong-type"],
+)
+def test_a_bad_application_file_fails_start_with_one_line(daemons, tmp_path, source,
+                                                          message: str) -> None:
+    path = tmp_path / "app.py"
+    if source is not None:
+        path.write_text(source)
+    result = daemons.run("start", "-y", "app.py")
+    assert result.returncode == 1
+    assert result.stderr == "reverserd: " + message.format(path="app.py") + "\n"
+    assert not daemons.pidfile.exists()

@@ -6,13 +6,12 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 
 import pytest
 
 from tests.e2e.daemons import DaemonDirectory, wait_until_dead
-from tests.e2e.support import DEADLINE, REVERSERD, connect, receive_until_closed
+from tests.e2e.support import DEADLINE, REVERSERD, connect, port_is_free, receive_until_closed
 
 CRONTAB = pathlib.Path(__file__).parents[2] / "scripts" / "reverserd.cron"
 DEFAULT_PORT = 2323
@@ -41,16 +40,6 @@ def run_as_cron(command: str, variables: dict[str, str]) -> subprocess.Completed
     return subprocess.run(["/bin/sh", "-c", command], env=environment, cwd="/",
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=DEADLINE, check=False)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_the_crontab_uses_absolute_paths() -> None:

@@ -54,7 +54,17 @@ def test_status_reports_what_the_daemon_says(daemons: DaemonDirectory) -> None:
     status = daemons.run("status")
     assert status.returncode == 0
     assert re.fullmatch(rf"reverserd running: pid {daemon.pid}, listening on "
-                        rf"127\.0\.0\.1:{daemon.port}, {UPTIME}\n", status.stdout), status
+                        rf"127\.0\.0\.1:{daemon.port}, {UPTIME}, 0 lines served\n",
+                        status.stdout), status
+
+
+def test_status_counts_the_lines_served_up_to_now(daemons: DaemonDirectory) -> None:
+    daemon = daemons.start()
+    with connect(daemon.port) as sock:
+        sock.sendall(b"one\ntwo\nthree\n")
+        assert receive_exactly(sock, 14) == b"eno\nowt\neerht\n"
+        status = daemons.run("status")  # the connection is still open
+    assert status.stdout.endswith(", 3 lines served\n"), status
 
 
 def test_stop_ends_the_daemon_and_removes_its_files(daemons: DaemonDirectory) -> None:

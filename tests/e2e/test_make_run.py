@@ -5,23 +5,12 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 
 import pytest
 
-from tests.e2e.support import connect, receive_until_closed
+from tests.e2e.support import connect, port_is_free, receive_until_closed
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def children(pid: int) -> list[int]:

@@ -1,0 +1,125 @@
+"""From options to an application ready to serve: shared by start and the foreground.
+
+In the launcher, still as whoever started it (root, for a port below 1024):
+load the application, settle the account it will run as, check that this
+account can use its directories, bind the ports. Then, in the process that
+will serve: write the pidfile, take the process name, enter the chroot,
+give up root -- in that order, each step needing what the one before still
+had.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from reverserd import application, logs, persist, privileges
+from reverserd.config import Config
+from reverserd.directories import DirectoryHandle
+from reverserd.errors import UserError, os_reason
+from reverserd.internet import listening_sockets
+from reverserd.jail import Jail
+from reverserd.pidfile import Claim
+from reverserd.privileges import Account
+from reverserd.process_name import DEFAULT as DEFAULT_PROCESS_NAME
+from reverserd.process_name import set_process_name
+from reverserd.service import Application
+
+
+def account_from_options(config: Config) -> Account | None:
+    """The account ``--user``/``--group`` ask for, refused early if out of reach."""
+    account = privileges.resolve(config.user, config.group)
+    if account is not None:
+        privileges.check_may_become(account)
+    return account
+
+
+def run_directory(config: Config) -> pathlib.Path:
+    """Where the daemon works and saves its state: ``--rundir``, else the
+    chroot's root, else the directory reverserd was started in."""
+    return config.rundir or config.chroot or pathlib.Path.cwd()
+
+
+@dataclasses.dataclass
+class Launch:
+    """An application loaded and bound, and what its serving process must do."""
+
+    application: Application
+    account: Account | None
+    jail: Jail | None
+    state_directory: DirectoryHandle | None
+
+    def keep_fds(self) -> list[int]:
+        """Descriptors the serving process needs, to keep through a detach."""
+        fds = [sock.fileno() for sock in listening_sockets(self.application)]
+        if self.state_directory is not None:
+            fds.append(self.state_directory.fd)
+        return fds
+
+    def enter(self, claim: Claim | None) -> None:
+        """Become the serving process: pidfile, name, chroot, account."""
+        owner = None
+        if self.account is not None and not self.account.is_current():
+            owner = (self.account.uid, self.account.gid)
+        if claim is not None:
+            claim.write_pidfile(owner)
+        set_process_name(self.application.process_name or DEFAULT_PROCESS_NAME)
+        if self.jail is not None:
+            self.jail.enter()
+        if self.account is not None:
+            privileges.become(self.account)
+
+    def close(self) -> None:
+        if self.state_directory is not None:
+            self.state_directory.close()
+
+
+def plan_jail(config: Config) -> Jail | None:
+    """The chroot asked for, checked before any file is created."""
+    return None if config.chroot is None else Jail.plan(config.chroot, config.rundir)
+
+
+def prepare(config: Config, claim: Claim | None, jail: Jail | None) -> Launch:
+    """Load, check and bind, as the launcher; nothing serves yet."""
+    app = application.load(config)
+    account = privileges.resolve(app.uid if config.user is None else config.user,
+                                 app.gid if config.group is None else config.group)
+    if account is not None:
+        privileges.check_may_become(account)
+        _hand_over_run_files(claim, account)
+    state_directory = None
+    if config.saves_state:
+        persist.check_savable(app)
+        state_directory = _state_directory(jail.rundir if jail else run_directory(config),
+                                           account)
+    try:
+        app.privileged_start_service()
+    except BaseException:
+        if state_directory is not None:
+            state_directory.close()
+        raise
+    return Launch(app, account, jail, state_directory)
+
+
+def _hand_over_run_files(claim: Claim | None, account: Account) -> None:
+    """Let the account keep its pidfile, lock and log usable once root is gone."""
+    log_file = logs.installed_log_file()
+    if claim is not None:
+        privileges.ensure_directory(claim.files.pidfile.parent, account,
+                                    "its pidfile and lock file")
+    if log_file is not None:
+        privileges.ensure_directory(log_file.directory.path, account, "its log file")
+    if account.is_current():
+        return
+    if claim is not None:
+        claim.hand_over(account.uid, account.gid)
+    if log_file is not None:
+        log_file.hand_over(account.uid, account.gid)
+
+
+def _state_directory(path: pathlib.Path, account: Account | None) -> DirectoryHandle:
+    privileges.ensure_directory(path, account, "saving the application's state")
+    try:
+        return DirectoryHandle(path)
+    except OSError as error:
+        raise UserError(f"cannot save state in {path}: {os_reason(error)}") from None
