@@ -28,8 +28,9 @@ EXCLUSIVE = (("logfile", "syslog"),)
 REVERSER_OPTIONS = ("port", "interface", "max_line_length", "shutdown_timeout")
 STDOUT = pathlib.Path("-")
 VERB_HELP = ("run: serve in the foreground (same as --foreground); start: detach a daemon "
-             "and return once it serves; stop: end it gracefully; status: say whether it "
-             "runs (LSB exit codes); restart: stop, then start")
+             "and return once it serves (the default with -y or -f, as with twistd); stop: "
+             "end it gracefully; status: say whether it runs (LSB exit codes); restart: "
+             "stop, then start")
 Value = TypeVar("Value")
 
 
@@ -252,6 +253,8 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config
         if verb not in (None, "run"):
             raise UsageError(f"--foreground cannot be combined with {verb}")
         verb = "run"
+    if verb is None and (options.application_file or options.state_file):
+        verb = "start"  # as ``twistd -y app.py`` and ``twistd -f app.tap`` daemonize
     if verb is None:
         build_parser().print_usage(sys.stderr)
         raise UsageError(f"give a verb ({', '.join(ACTIONS)}) or --foreground")

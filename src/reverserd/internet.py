@@ -81,6 +81,7 @@ class TCPServer(Service):
         self._server: asyncio.Server | None = None
         self._connections: dict[LineHandler, asyncio.Task[object]] = {}
         self._lines_before = 0  # by connections now closed, and before a restore
+        self._listened_port: int | None = None  # what port 0 turned into, kept after stop
 
     @property
     def lines_served(self) -> int:
@@ -88,12 +89,14 @@ class TCPServer(Service):
             handler.lines_answered for handler in self._connections)
 
     def save_state(self) -> dict[str, Any]:
+        """Settings, the line count, and the port it listened on, so a restart
+        from the state file comes back where clients knew it."""
         handler = state_type(self.handler_class)
         if handler is None:
             raise UserError(f"service {self.name or 'TCPServer'!r} cannot be saved: its "
                             f"handler {self.handler_class.__qualname__} is not @restorable")
         return {
-            "port": self.address[1],  # where it listened: a restart comes back there
+            "port": self.port if self._listened_port is None else self._listened_port,
             "interface": self.interface,
             "backlog": self.backlog,
             "handler": handler,
@@ -135,6 +138,7 @@ class TCPServer(Service):
         super().privileged_start_service()
         if self._socket is None:
             self._socket = bind_listening_socket(self.interface, self.port, self.backlog)
+            self._listened_port = self.address[1]
 
     async def start_service(self) -> None:
         if self._socket is None:

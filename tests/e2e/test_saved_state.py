@@ -37,8 +37,9 @@ def test_a_restart_from_the_state_file_keeps_counting(daemons: DaemonDirectory) 
     assert saved["application"]["name"] == "Reverser"
     assert saved["application"]["services"][0]["state"]["lines_served"] == 3
 
-    second = daemons.start("-f", STATE)
+    second = daemons.start("-f", STATE)  # the port it listened on, from the file
     assert second.pid != first.pid
+    assert second.port == first.port
     send_lines(second.port, 2)
     assert lines_served(daemons.run("status").stdout) == 5
     daemons.stop()
@@ -156,4 +157,16 @@ def test_saving_an_application_that_cannot_be_saved_fails_at_start(
     assert result.stderr == ("reverserd: service 'Plain' cannot be saved: its class Plain "
                              "is not @restorable\n")
     assert daemons.run("start", "-y", str(app)).returncode == 0
+    daemons.stop()
+
+
+def test_without_a_verb_a_state_file_starts_a_daemon_as_with_twistd(
+        daemons: DaemonDirectory) -> None:
+    first = daemons.start("--save")
+    daemons.stop()
+    result = daemons.run("-f", STATE)
+    assert result.returncode == 0, result
+    assert re.fullmatch(rf"reverserd started: pid \d+, listening on 127\.0\.0\.1:{first.port}\n",
+                        result.stdout), result
+    assert daemons.run("status").returncode == 0
     daemons.stop()
