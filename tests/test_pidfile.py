@@ -23,7 +23,6 @@ from reverserd.pidfile import (
     lock_is_held,
     read_pid,
     read_state,
-    write_state,
 )
 
 HOLDER = """\
@@ -99,7 +98,7 @@ def test_read_pid_of_a_missing_pidfile(files: RunFiles) -> None:
 
 def test_state_is_written_whole_and_read_back(files: RunFiles) -> None:
     state = DaemonState(42, 1_700_000_000.5, ("127.0.0.1:2323", "[::1]:2323"))
-    write_state(files.state, state)
+    files.state.write_bytes(state.to_json())
     assert read_state(files.state) == state
     assert [path.name for path in files.state.parent.iterdir()] == [files.state.name]
 
@@ -117,7 +116,7 @@ def test_inspect_absent_stale_starting_running(
     assert inspect(files).liveness is Liveness.STARTING
     files.pidfile.write_text(f"{holder.pid}\n")
     assert inspect(files).liveness is Liveness.STARTING
-    write_state(files.state, DaemonState(holder.pid, 0.0, ()))
+    files.state.write_bytes(DaemonState(holder.pid, 0.0, ()).to_json())
     found = inspect(files)
     assert (found.liveness, found.pid) == (Liveness.RUNNING, holder.pid)
     holder.kill()
@@ -179,7 +178,7 @@ def test_a_claim_writes_and_removes_every_file(files: RunFiles) -> None:
 
 def test_stale_files_are_removed_with_the_reason(files: RunFiles) -> None:
     files.pidfile.write_text("garbage\n")
-    write_state(files.state, DaemonState(1, 0.0, ()))
+    files.state.write_bytes(DaemonState(1, 0.0, ()).to_json())
     lock = RunLock.try_acquire(files.lock)
     assert lock is not None
     claim = Claim(files, lock)

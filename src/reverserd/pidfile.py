@@ -187,15 +187,6 @@ class DaemonState:
         return json.dumps(dataclasses.asdict(self)).encode("utf-8")
 
 
-def write_state(path: pathlib.Path, state: DaemonState) -> None:
-    """Write atomically (temp file, then rename): readers see all or nothing."""
-    directory = DirectoryHandle(path.parent)
-    try:
-        directory.write_atomically(path.name, state.to_json())
-    finally:
-        directory.close()
-
-
 def read_state(path: pathlib.Path) -> DaemonState | None:
     try:
         fields = json.loads(path.read_text(encoding="utf-8"))
