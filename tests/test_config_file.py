@@ -116,3 +116,14 @@ def test_verbs_and_help_stay_on_the_command_line() -> None:
     keys = cli.config_file_keys(cli.build_parser())
     assert not {"config", "help", "version", "foreground", "verb"} & set(keys)
 
+
+
+def test_the_readme_twistd_table_names_real_options() -> None:
+    readme = (EXAMPLE.parents[1] / "README.md").read_text()
+    table = readme[readme.index("### Coming from twistd"):readme.index("Left out on purpose")]
+    known = {name for action in cli.build_parser()._actions for name in action.option_strings}
+    rows = [line.split("|")[1:3] for line in table.splitlines() if line.startswith("| `")]
+    named = {token for _, ours in rows for token in re.findall(r"`(-[-\w]+)", ours)}
+    assert {"-n", "-l", "-y", "-f", "-o", "-u", "-g", "-d", "--pidfile", "--syslog",
+            "--prefix", "--chroot", "--umask"} <= named
+    assert named <= known, named - known

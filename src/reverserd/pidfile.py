@@ -80,10 +80,6 @@ class RunLock:
         self.name = name
         self.fd = fd
 
-    @property
-    def path(self) -> pathlib.Path:
-        return self.directory.path / self.name
-
     @classmethod
     def try_acquire(cls, path: pathlib.Path) -> RunLock | None:
         """The lock, or ``None`` when someone else holds it.
