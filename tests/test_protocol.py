@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reverserd import LineHandler, Reverser, TCPServer, reverse
+from reverserd import LineHandler, Reverser, TCPServer, protocol, reversal, reverse
 from reverserd.errors import UserError
 
 
@@ -66,16 +66,16 @@ def test_command_replies_keep_the_line_ending() -> None:
 class CountingWrites(Reverser):
     writes: ClassVar[list[bytes]] = []
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 max_line_length: int | None = None) -> None:
-        super().__init__(reader, writer, max_line_length)
-        real_write = writer.write
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.Transport)
+        real_write = transport.write
 
-        def counted(data: bytes) -> None:
+        def counted(data: bytes | bytearray | memoryview) -> None:
             CountingWrites.writes.append(bytes(data))
             real_write(data)
 
-        writer.write = counted  # type: ignore[method-assign]
+        transport.write = counted  # type: ignore[method-assign]
 
 
 def test_replies_to_one_read_are_written_together() -> None:
@@ -131,14 +131,20 @@ def expected_replies(stream: bytes) -> bytes:
     return b"".join(out)
 
 
-lines_without_commands = st.lists(
-    st.binary(max_size=40).filter(lambda line: b"\n" not in line
-                                  and line.removesuffix(b"\r") != b"quit"),
-    max_size=20,
+def not_a_command(line: bytes) -> bool:
+    return line.removesuffix(b"\r") != b"quit"
+
+
+lines_without_commands = st.one_of(
+    st.lists(st.binary(max_size=40).filter(lambda line: b"\n" not in line and
+                                           not_a_command(line)), max_size=20),
+    # plain ASCII blocks take the whole-block path; a CR sends them line by line
+    st.lists(st.text(st.sampled_from("ab z\r~0"), max_size=30).map(str.encode).filter(
+        not_a_command), max_size=30),
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(lines_without_commands, st.sampled_from([b"\n", b"\r\n"]), st.data())
 def test_any_chunking_of_any_lines_is_answered_completely_and_in_order(
     lines: list[bytes], ending: bytes, data: st.DataObject,
@@ -147,3 +153,49 @@ def test_any_chunking_of_any_lines_is_answered_completely_and_in_order(
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)])]
     assert asyncio.run(exchange(Reverser, *chunks)) == expected_replies(stream)
+
+
+def test_a_block_of_ascii_lines_stops_at_quit_as_line_by_line_would() -> None:
+    reply = asyncio.run(exchange(Reverser, b"ab\ncd\nquit\nnever answered\n"))
+    assert reply == b"ba\ndc\n"
+
+
+def test_a_too_long_line_inside_an_ascii_block_closes_after_the_lines_before_it() -> None:
+    stream = b"abc\n" + b"x" * 11 + b"\nlate\n"
+    reply = asyncio.run(exchange(Reverser, stream, max_line_length=10))
+    assert reply == b"cba\n"
+
+
+class Shouting(Reverser):
+    def line_received(self, line: bytes) -> bytes:
+        return line.upper()
+
+
+def test_a_subclass_that_answers_differently_is_never_answered_by_the_block_path() -> None:
+    reply = asyncio.run(exchange(Shouting, b"".join(b"line %d\n" % n for n in range(50))))
+    assert reply == b"".join(b"LINE %d\n" % n for n in range(50))
+
+
+def test_ascii_lines_take_no_step_per_line_and_only_non_ascii_ones_meet_graphemes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"reverse": 0, "graphemes": 0}
+    real_reverse, real_graphemes = protocol.reverse, reversal.graphemes
+
+    def counted_reverse(line: bytes) -> bytes:
+        calls["reverse"] += 1
+        return real_reverse(line)
+
+    def counted_graphemes(text: str) -> object:
+        calls["graphemes"] += 1
+        return real_graphemes(text)
+
+    ascii_lines = b"".join(b"line %d\n" % number for number in range(100))
+    mixed = ascii_lines + "ñandú\n".encode()
+    expected_ascii, expected_mixed = expected_replies(ascii_lines), expected_replies(mixed)
+    monkeypatch.setattr(protocol, "reverse", counted_reverse)
+    monkeypatch.setattr(reversal, "graphemes", counted_graphemes)
+    assert asyncio.run(exchange(Reverser, ascii_lines)) == expected_ascii
+    assert calls == {"reverse": 0, "graphemes": 0}
+
+    assert asyncio.run(exchange(Reverser, mixed)) == expected_mixed
+    assert calls["graphemes"] == 1

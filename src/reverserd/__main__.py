@@ -1,7 +1,5 @@
 """``python -m reverserd``: the same as the ``reverserd`` command."""
 
-import sys
+from reverserd.cli import command
 
-from reverserd.cli import main
-
-sys.exit(main())
+command()

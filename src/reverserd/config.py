@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 
 from reverserd.internet import DEFAULT_SHUTDOWN_TIMEOUT
@@ -14,6 +15,7 @@ DEFAULT_INTERFACE = "127.0.0.1"
 DEFAULT_PIDFILE = "reverserd.pid"
 DEFAULT_LOGFILE_NAME = "reverserd.log"
 DEFAULT_UMASK = 0o077
+MAX_WORKERS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Config:
     user: str | None = None
     group: str | None = None
     chroot: pathlib.Path | None = None
+    loop: str = "auto"
+    workers: int = 1
 
     @property
     def saves_state(self) -> bool:
@@ -89,6 +93,15 @@ def parse_byte_count(text: str) -> int:
 def parse_positive_int(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise ValueError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
+def parse_workers(text: str) -> int:
+    """A number of worker processes, or ``auto`` for one per CPU this process may use."""
+    if text == "auto":
+        return len(os.sched_getaffinity(0))
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_WORKERS:
+        raise ValueError(f"expected 'auto' or a number from 1 to {MAX_WORKERS}, got {text!r}")
     return int(text)
 
 

@@ -22,8 +22,9 @@ from reverserd.errors import UsageError, UserError, os_reason
 #: Options whose numbers TOML may give as numbers, not only as strings.
 NUMERIC = frozenset({"port", "max_line_length", "shutdown_timeout", "start_timeout",
                      "stop_timeout", "log_max_bytes", "log_backups"})
-#: Options naming an account, which may be a name or a number.
-ACCOUNTS = frozenset({"user", "group"})
+#: Options that take a number or a word, and what each expects.
+NUMBER_OR_WORD = {"user": "a name or a number", "group": "a name or a number",
+                  "workers": "'auto' or a number"}
 
 
 def read(path: pathlib.Path, options: Mapping[str, argparse.Action]) -> dict[str, Any]:
@@ -68,10 +69,13 @@ def _convert(action: argparse.Action, value: object, base: pathlib.Path) -> Any:
     if not isinstance(value, str):
         if action.dest == "umask" and isinstance(value, int):
             value = f"{value:o}"
-        elif action.dest in NUMERIC or (action.dest in ACCOUNTS and isinstance(value, int)):
+        elif action.dest in NUMERIC or (action.dest in NUMBER_OR_WORD and isinstance(value, int)):
             value = str(value)
         else:
             raise TypeError(f"expected {_expected(action)}, got {_shown(value)}")
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"expected one of {', '.join(map(str, action.choices))}, "
+                         f"got {value!r}")
     convert: Callable[[str], Any] | None = action.type  # type: ignore[assignment]
     if convert is pathlib.Path:
         return base / value
@@ -81,8 +85,8 @@ def _convert(action: argparse.Action, value: object, base: pathlib.Path) -> Any:
 def _expected(action: argparse.Action) -> str:
     if action.dest in NUMERIC:
         return "a number"
-    if action.dest in ACCOUNTS:
-        return "a name or a number"
+    if action.dest in NUMBER_OR_WORD:
+        return NUMBER_OR_WORD[action.dest]
     return "a string"
 
 

@@ -15,7 +15,7 @@ import stat
 import sys
 import time
 
-from reverserd import detach, launch, logs, privileges, runner
+from reverserd import detach, launch, logs, loops, privileges, runner
 from reverserd.config import DEFAULT_UMASK, Config
 from reverserd.errors import UserError, os_reason
 from reverserd.pidfile import (
@@ -52,6 +52,7 @@ def warn(message: str) -> None:
 def start(config: Config) -> int:
     """Detach a daemon and return once it serves, or say why it could not."""
     files = _run_files(config)
+    loop = loops.loop_factory(config.loop)
     jail = launch.plan_jail(config)
     rundir = launch.run_directory(config)
     _check_run_directory(rundir)
@@ -67,7 +68,7 @@ def start(config: Config) -> int:
     try:
         _remove_stale_files(claimed)
         logs.install(_open_daemon_log(config, account), config.log_level)
-        prepared = launch.prepare(config, claimed, jail)
+        prepared = launch.prepare(config, claimed, jail, loop)
         spawned = detach.spawn(
             lambda reporter: _serve_as_daemon(prepared, claimed, reporter),
             detach.Detachment(rundir, umask,
@@ -92,8 +93,7 @@ def _serve_as_daemon(prepared: launch.Launch, claim: Claim,
     except BaseException:
         claim.release()
         raise
-    runner.run(prepared.application, claim, on_ready=reporter.ready,
-               save_to=prepared.state_directory)
+    prepared.serve(claim, on_ready=reporter.ready)
 
 
 def _report_start(files: RunFiles, report: detach.Report, config: Config) -> int:
@@ -194,6 +194,10 @@ def status(config: Config) -> int:
         state = _fresh_state(files, found.state)
         say(f"running: pid {state.pid}{_listening(state.addresses)}, "
             f"up {format_duration(state.uptime())}, {count(state.lines_served, 'line')} served")
+        for worker in state.workers:
+            restarts = f", restarted {count(worker.restarts, 'time')}" if worker.restarts else ""
+            say(f"worker {worker.number}: pid {worker.pid}, "
+                f"up {format_duration(max(0.0, time.time() - worker.started))}{restarts}")
         return STATUS_RUNNING
     if found.liveness is Liveness.STARTING:
         say(f"starting: pid {found.pid or '?'}")
@@ -251,6 +255,7 @@ def restart(config: Config) -> int:
 
 def run_foreground(config: Config) -> int:
     """Serve attached to the terminal; the pidfile only when one is asked for."""
+    loop = loops.loop_factory(config.loop)
     jail = launch.plan_jail(config)
     if config.rundir is not None:
         _check_run_directory(config.rundir)
@@ -270,7 +275,7 @@ def run_foreground(config: Config) -> int:
         if claim is not None:
             _remove_stale_files(claim)
         logs.install(_open_foreground_log(config, account), config.log_level)
-        prepared = launch.prepare(config, claim, jail)
+        prepared = launch.prepare(config, claim, jail, loop)
         if config.rundir is not None:
             os.chdir(config.rundir)
         prepared.enter(claim)
@@ -279,7 +284,7 @@ def run_foreground(config: Config) -> int:
             claim.release()
         raise
     try:
-        runner.run(prepared.application, claim, save_to=prepared.state_directory)
+        prepared.serve(claim)
     finally:
         prepared.close()
     return 0

@@ -20,11 +20,14 @@ DEFAULT_BACKLOG = 128
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
 
-def bind_listening_socket(interface: str, port: int, backlog: int) -> socket.socket:
+def bind_listening_socket(interface: str, port: int, backlog: int,
+                          reuse_port: bool = False) -> socket.socket:
     """A non-blocking socket bound to ``interface:port`` and already listening.
 
     Listening straight away means clients that connect before the event loop
-    runs wait in the backlog instead of being refused.
+    runs wait in the backlog instead of being refused. With ``reuse_port``,
+    several such sockets share the port and the kernel spreads new
+    connections over them (one per worker process).
     """
     where = format_address(interface, port)
     try:
@@ -37,6 +40,8 @@ def bind_listening_socket(interface: str, port: int, backlog: int) -> socket.soc
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(backlog)
     except OSError as error:
@@ -79,14 +84,21 @@ class TCPServer(Service):
         self.shutdown_timeout = shutdown_timeout
         self._socket: socket.socket | None = None
         self._server: asyncio.Server | None = None
-        self._connections: dict[LineHandler, asyncio.Task[object]] = {}
+        self._connections: dict[LineHandler, asyncio.StreamWriter] = {}
+        self._all_closed: asyncio.Future[None] | None = None  # awaited while stopping
         self._lines_before = 0  # by connections now closed, and before a restore
         self._listened_port: int | None = None  # what port 0 turned into, kept after stop
+        self.reuse_port = False
+        self._forget_handler = self._forget  # one bound method shared by every handler
 
     @property
     def lines_served(self) -> int:
         return self._lines_before + sum(
             handler.lines_answered for handler in self._connections)
+
+    def add_lines_served(self, count: int) -> None:
+        """Count lines this server's copies in worker processes answered."""
+        self._lines_before += count
 
     def save_state(self) -> dict[str, Any]:
         """Settings, the line count, and the port it listened on, so a restart
@@ -137,14 +149,25 @@ class TCPServer(Service):
     def privileged_start_service(self) -> None:
         super().privileged_start_service()
         if self._socket is None:
-            self._socket = bind_listening_socket(self.interface, self.port, self.backlog)
+            self._socket = bind_listening_socket(self.interface, self.port, self.backlog,
+                                                 self.reuse_port)
             self._listened_port = self.address[1]
+
+    def bind_replica(self) -> socket.socket:
+        """Another listening socket on the port this one took (``reuse_port``)."""
+        assert self._socket is not None and self.reuse_port
+        return bind_listening_socket(self.interface, self.address[1], self.backlog,
+                                     reuse_port=True)
+
+    def use_socket(self, sock: socket.socket) -> None:
+        """Serve on ``sock`` (a replica) instead of the socket bound first."""
+        self._socket = sock
 
     async def start_service(self) -> None:
         if self._socket is None:
             self.privileged_start_service()
         self._server = await asyncio.start_server(
-            self._serve_connection, sock=self._socket, backlog=self.backlog
+            self._adopt, sock=self._socket, backlog=self.backlog
         )
         await super().start_service()
         log.info("listening on %s", format_address(*self.address))
@@ -161,7 +184,7 @@ class TCPServer(Service):
         except asyncio.CancelledError:
             log.warning("closing %d connection(s) at once: stop forced",
                         len(self._connections))
-            self._abort(self._connections)
+            self._abort_all()
             raise
         await self._server.wait_closed()
         self._server = None
@@ -174,46 +197,62 @@ class TCPServer(Service):
         """Let open connections answer what they hold, within the grace period.
 
         Loops because a connection accepted just before the listening socket
-        closed may only register once the loop turns.
+        closed may only be adopted once the loop turns; ``_adopt`` asks such
+        a late one to stop at once.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.shutdown_timeout
-        while self._connections:
-            connections = dict(self._connections)
-            for handler in connections:
-                handler.request_stop()
-            remaining = max(0.0, deadline - loop.time())
-            _, late = await asyncio.wait(connections.values(), timeout=remaining)
-            if late:
-                log.warning("closing %d connection(s) still busy after %.1f s",
-                            len(late), self.shutdown_timeout)
-                self._abort({handler: task for handler, task in connections.items()
-                             if task in late})
-                await asyncio.wait(late)
+        try:
+            while self._connections:
+                self._all_closed = all_closed = loop.create_future()
+                for handler in list(self._connections):
+                    handler.request_stop()
+                try:
+                    await asyncio.wait_for(asyncio.shield(all_closed),
+                                           max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    log.warning("closing %d connection(s) still busy after %.1f s",
+                                len(self._connections), self.shutdown_timeout)
+                    self._abort_all()
+                    await all_closed
+                await asyncio.sleep(0)
+        finally:
+            self._all_closed = None
 
-    @staticmethod
-    def _abort(connections: dict[LineHandler, asyncio.Task[object]]) -> None:
-        for handler, task in list(connections.items()):
+    def _abort_all(self) -> None:
+        for handler in list(self._connections):
             handler.abort()
-            task.cancel()
 
     def _close_socket(self) -> None:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
 
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        handler = self.handler_class(reader, writer, max_line_length=self.max_line_length)
-        task = asyncio.current_task()
-        assert task is not None  # start_server runs each connection in its own task
-        self._connections[handler] = task
-        try:
-            await handler.serve()
-        finally:
-            del self._connections[handler]
-            self._lines_before += handler.lines_answered
+    def _adopt(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Move a connection ``start_server`` accepted from its streams to a handler.
+
+        ``start_server`` gives every connection a reader, a writer and, for a
+        coroutine callback, a task and a stack of coroutine frames that live
+        as long as the connection. This callback is a plain function, so no
+        task is made, and the transport is handed to a ``LineHandler``
+        protocol before it has read a byte: each chunk read is then answered
+        by a direct call instead of by waking a waiting coroutine. The
+        writer is kept only because it closes the transport when collected.
+        """
+        handler = self.handler_class(self.max_line_length, self._forget_handler)
+        transport = writer.transport
+        transport.set_protocol(handler)
+        self._connections[handler] = writer
+        handler.connection_made(transport)
+        if self._all_closed is not None:
+            handler.request_stop()
+
+    def _forget(self, handler: LineHandler) -> None:
+        del self._connections[handler]
+        self._lines_before += handler.lines_answered
+        if not self._connections and self._all_closed is not None \
+                and not self._all_closed.done():
+            self._all_closed.set_result(None)
 
 
 def _tcp_servers(service: Service) -> Iterator[TCPServer]:
@@ -232,6 +271,11 @@ def listening_addresses(service: Service) -> tuple[str, ...]:
 def lines_served(service: Service) -> int:
     """Lines answered by every ``TCPServer`` in a service tree, over its life."""
     return sum(server.lines_served for server in _tcp_servers(service))
+
+
+def tcp_servers(service: Service) -> list[TCPServer]:
+    """Every ``TCPServer`` of a service tree, in tree order."""
+    return list(_tcp_servers(service))
 
 
 def listening_sockets(service: Service) -> list[socket.socket]:

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import socket
 
-from reverserd import application, logs, persist, privileges
+from reverserd import application, logs, persist, privileges, runner, workers
 from reverserd.config import Config
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
-from reverserd.internet import listening_sockets
+from reverserd.internet import listening_sockets, tcp_servers
 from reverserd.jail import Jail
+from reverserd.loops import LoopFactory
 from reverserd.pidfile import Claim
 from reverserd.privileges import Account
 from reverserd.process_name import DEFAULT as DEFAULT_PROCESS_NAME
@@ -48,10 +50,14 @@ class Launch:
     account: Account | None
     jail: Jail | None
     state_directory: DirectoryHandle | None
+    loop: tuple[str, LoopFactory]
+    worker_sockets: list[list[socket.socket]] | None = None
 
     def keep_fds(self) -> list[int]:
         """Descriptors the serving process needs, to keep through a detach."""
         fds = [sock.fileno() for sock in listening_sockets(self.application)]
+        for sockets in self.worker_sockets or ():
+            fds.extend(sock.fileno() for sock in sockets)
         if self.state_directory is not None:
             fds.append(self.state_directory.fd)
         return fds
@@ -69,6 +75,16 @@ class Launch:
         if self.account is not None:
             privileges.become(self.account)
 
+    def serve(self, claim: Claim | None,
+              on_ready: runner.ReadyCallback | None = None) -> None:
+        """Serve here, or through worker processes when there are several."""
+        supervisor = None
+        if self.worker_sockets is not None:
+            supervisor = workers.Supervisor(self.application, self.worker_sockets, claim,
+                                            self.loop)
+        runner.run(self.application, claim, on_ready, self.state_directory, self.loop,
+                   supervisor)
+
     def close(self) -> None:
         if self.state_directory is not None:
             self.state_directory.close()
@@ -79,7 +95,8 @@ def plan_jail(config: Config) -> Jail | None:
     return None if config.chroot is None else Jail.plan(config.chroot, config.rundir)
 
 
-def prepare(config: Config, claim: Claim | None, jail: Jail | None) -> Launch:
+def prepare(config: Config, claim: Claim | None, jail: Jail | None,
+            loop: tuple[str, LoopFactory]) -> Launch:
     """Load, check and bind, as the launcher; nothing serves yet."""
     app = application.load(config)
     account = privileges.resolve(app.uid if config.user is None else config.user,
@@ -92,13 +109,19 @@ def prepare(config: Config, claim: Claim | None, jail: Jail | None) -> Launch:
         persist.check_savable(app)
         state_directory = _state_directory(jail.rundir if jail else run_directory(config),
                                            account)
+    worker_sockets = None
     try:
+        if config.workers > 1:
+            for server in tcp_servers(app):
+                server.reuse_port = True
         app.privileged_start_service()
+        if config.workers > 1:
+            worker_sockets = workers.bind_worker_sockets(app, config.workers)
     except BaseException:
         if state_directory is not None:
             state_directory.close()
         raise
-    return Launch(app, account, jail, state_directory)
+    return Launch(app, account, jail, state_directory, loop, worker_sockets)
 
 
 def _hand_over_run_files(claim: Claim | None, account: Account) -> None:

@@ -76,8 +76,19 @@ class LogFile(logging.handlers.RotatingFileHandler):
         return stream
 
     def shouldRollover(self, record: logging.LogRecord) -> bool:
+        """Rotate when the file grows too big, unless another process did already.
+
+        Worker processes share the log file; the first to see it full
+        rotates it, and the others, finding a new file under the name, move
+        to it instead of rotating again.
+        """
         if not self.directory.is_regular_file(self.name_in_directory):
             return False  # never rotate a device such as /dev/stdout, nor a lost file
+        found = self.directory.lstat(self.name_in_directory)
+        if self.stream is not None and found is not None \
+                and os.fstat(self.stream.fileno()).st_ino != found.st_ino:
+            self.stream.close()
+            self.stream = self._open()
         return bool(super().shouldRollover(record))
 
     def doRollover(self) -> None:

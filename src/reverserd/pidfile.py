@@ -163,6 +163,16 @@ def read_pid(path: pathlib.Path) -> int | None:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerState:
+    """One worker process of a daemon with ``--workers``."""
+
+    number: int
+    pid: int
+    started: float
+    restarts: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class DaemonState:
     """What a serving daemon says about itself.
 
@@ -175,6 +185,7 @@ class DaemonState:
     addresses: tuple[str, ...]
     lines_served: int = 0
     refreshed: float = 0.0
+    workers: tuple[WorkerState, ...] = ()
 
     def uptime(self) -> float:
         return max(0.0, time.time() - self.started)
@@ -189,7 +200,11 @@ def read_state(path: pathlib.Path) -> DaemonState | None:
         return DaemonState(int(fields["pid"]), float(fields["started"]),
                            tuple(str(address) for address in fields["addresses"]),
                            int(fields.get("lines_served", 0)),
-                           float(fields.get("refreshed", 0.0)))
+                           float(fields.get("refreshed", 0.0)),
+                           tuple(WorkerState(int(worker["number"]), int(worker["pid"]),
+                                             float(worker["started"]),
+                                             int(worker["restarts"]))
+                                 for worker in fields.get("workers", ())))
     except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         return None  # not written yet, or written by something else: no report
 
@@ -317,12 +332,14 @@ class Claim:
         if owner is not None:
             os.chown(self.files.pidfile, *owner, follow_symlinks=False)
 
-    def write_state(self, addresses: tuple[str, ...], lines_served: int) -> None:
+    def write_state(self, addresses: tuple[str, ...], lines_served: int,
+                    workers: tuple[WorkerState, ...] = ()) -> None:
         """Say the daemon serves (first call) or refresh what it says."""
         now = time.time()
         if self._serving_since is None:
             self._serving_since = now
-        state = DaemonState(os.getpid(), self._serving_since, addresses, lines_served, now)
+        state = DaemonState(os.getpid(), self._serving_since, addresses, lines_served, now,
+                            workers)
         self.directory.write_atomically(self.files.state.name, state.to_json())
 
     def release(self) -> None:

@@ -2,14 +2,18 @@
 
 Started as ``python -m reverserd`` the kernel calls the process ``python3``;
 ``prctl(PR_SET_NAME)`` renames it (15 bytes at most, the kernel's limit).
+A worker process also asks, through the same call, to be told when the
+process that started it dies.
 """
 
 from __future__ import annotations
 
 import ctypes
+import signal
 
 DEFAULT = "reverserd"
 PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
 MAX_BYTES = 15
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the C library python itself links
@@ -19,3 +23,8 @@ def set_process_name(name: str) -> None:
     """Rename this process; a name the kernel refuses is not worth failing for."""
     _libc.prctl(PR_SET_NAME, name.encode("utf-8")[:MAX_BYTES], 0, 0, 0)
 
+
+def end_with_parent() -> None:
+    """Have the kernel send SIGTERM when the parent process dies, so a worker
+    never outlives the main process that owns the pidfile."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

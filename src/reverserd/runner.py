@@ -10,14 +10,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import platform
 import signal
+import sys
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from reverserd import __version__, logs, persist
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
 from reverserd.internet import lines_served, listening_addresses
+from reverserd.loops import LoopFactory
 from reverserd.pidfile import Claim
 from reverserd.service import Application
 
@@ -28,7 +30,16 @@ REOPEN_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
 REFRESH_SIGNAL = signal.SIGUSR2
 HANDLED_SIGNALS = (*STOP_SIGNALS, *REOPEN_SIGNALS, REFRESH_SIGNAL)
 
+PYTHON_VERSION = "{}.{}.{}".format(*sys.version_info)  # what platform gives, without its import
 ReadyCallback = Callable[[tuple[str, ...]], None]
+
+
+class Supervise(Protocol):
+    """Runs worker processes in place of serving here (see ``workers``)."""
+
+    workers: int
+
+    def run(self, on_ready: ReadyCallback | None) -> None: ...
 
 
 class ApplicationFailed(UserError):
@@ -37,17 +48,22 @@ class ApplicationFailed(UserError):
 
 def run(application: Application, claim: Claim | None = None,
         on_ready: ReadyCallback | None = None,
-        save_to: DirectoryHandle | None = None) -> None:
+        save_to: DirectoryHandle | None = None,
+        loop: tuple[str, LoopFactory] = ("asyncio", asyncio.new_event_loop),
+        supervisor: Supervise | None = None) -> None:
     """Serve ``application`` until SIGTERM or SIGINT, then stop it gracefully.
 
     ``claim``'s state file is written once the application serves, and
     again on SIGUSR2 (``status`` asks for the latest line count that way).
     After a clean stop the application's state is saved into ``save_to``.
     The claim's files are removed before ``stopped`` is logged, so that line
-    really is the last word.
+    really is the last word. With a ``supervisor``, this process leaves the
+    serving to worker processes and only looks after them.
     """
-    log.info("reverserd %s starting: Python %s, pid %d, application %s",
-             __version__, platform.python_version(), os.getpid(), application.name)
+    loop_name, loop_factory = loop
+    log.info("reverserd %s starting: Python %s, pid %d, application %s, %s loop%s",
+             __version__, PYTHON_VERSION, os.getpid(), application.name,
+             loop_name, "" if supervisor is None else f", {supervisor.workers} workers")
 
     def write_state() -> None:
         if claim is not None:
@@ -59,7 +75,11 @@ def run(application: Application, claim: Claim | None = None,
             on_ready(addresses)
 
     try:
-        asyncio.run(serve(application, announce, write_state))
+        if supervisor is not None:
+            supervisor.run(on_ready)
+        else:
+            with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
+                loop_runner.run(serve(application, announce, write_state))
         if save_to is not None:
             _save(application, save_to)
     finally:
@@ -105,7 +125,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_stop_signal, signum)
     for signum in REOPEN_SIGNALS:
-        loop.add_signal_handler(signum, _reopen_log, signum)
+        loop.add_signal_handler(signum, reopen_log, signum)
     serving = asyncio.Event()
 
     def on_refresh_signal() -> None:
@@ -138,7 +158,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
             loop.remove_signal_handler(signum)
 
 
-def _reopen_log(signum: int) -> None:
+def reopen_log(signum: int) -> None:
     log.info("received %s, reopening the log file", signal.Signals(signum).name)
     try:
         logs.reopen()

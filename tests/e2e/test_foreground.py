@@ -44,7 +44,8 @@ def test_log_lines_carry_iso_time_level_and_logger(server: ReverserdProcess) -> 
     first = server.log[0]
     assert re.fullmatch(
         rf"{ISO_TIME} INFO reverserd\.runner: reverserd \d+\.\d+\.\d+ starting: "
-        rf"Python 3\.\d+\.\d+, pid {server.pid}, application Reverser", first
+        rf"Python 3\.\d+\.\d+, pid {server.pid}, application Reverser, "
+        r"(asyncio|uvloop) loop", first
     ), first
     server.wait_for_log(rf"^{ISO_TIME} INFO reverserd\.internet: listening on "
                         rf"127\.0\.0\.1:{server.port}$")

@@ -1,0 +1,330 @@
+"""Worker processes: copies of the application serving the same ports, under one main process.
+
+The main process binds one listening socket per worker and port
+(``SO_REUSEPORT``) while still privileged, and keeps them all open for its
+whole life. A worker serves its own sockets; when it dies, the connections
+the kernel already queued on them are not reset, because the main process
+still holds the sockets, and the replacement worker serves them. The main
+process never runs an event loop: it waits for signals with
+``sigtimedwait``, so nothing it does can be held up by a busy worker.
+
+Workers tell the main process they serve (``READY_SIGNAL``) and that they
+wrote their line counts into shared memory (``COUNTED_SIGNAL``); the main
+process adds the counts up for ``status`` and for the saved state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import mmap
+import os
+import signal
+import socket
+import struct
+import time
+
+from reverserd import runner
+from reverserd.internet import listening_addresses, tcp_servers
+from reverserd.loops import LoopFactory
+from reverserd.pidfile import Claim, WorkerState
+from reverserd.process_name import end_with_parent, set_process_name
+from reverserd.service import Application
+
+log = logging.getLogger(__name__)
+
+READY_SIGNAL = signal.SIGRTMIN
+COUNTED_SIGNAL = signal.SIGRTMIN + 1
+SUPERVISED_SIGNALS = (signal.SIGCHLD, *runner.HANDLED_SIGNALS, READY_SIGNAL, COUNTED_SIGNAL)
+FIRST_RETRY = 0.1  # seconds before the second restart in a row; the first is at once
+LONGEST_RETRY = 5.0
+STEADY_AFTER = 10.0  # a worker that served this long resets the backoff
+GIVE_UP_AFTER = 5  # quick deaths in a row of one worker before the daemon gives up
+COUNT_PATIENCE = 0.5
+COUNT = struct.Struct("=Q")
+
+
+class WorkersFailed(runner.ApplicationFailed):
+    """Workers kept dying; the daemon stopped rather than loop for ever."""
+
+
+class LineCounts:
+    """Lines served, per worker slot and server, in memory the workers share.
+
+    A worker writes how many lines it answered since it started; the main
+    process adds the counts of workers that died to ``retired``.
+    """
+
+    def __init__(self, slots: int, servers: int) -> None:
+        self.servers = servers
+        self.memory = mmap.mmap(-1, max(1, slots * servers) * COUNT.size)
+        self.retired = [0] * servers
+
+    def write(self, slot: int, counts: list[int]) -> None:
+        for index, value in enumerate(counts):
+            COUNT.pack_into(self.memory, (slot * self.servers + index) * COUNT.size, value)
+
+    def read(self, slot: int) -> list[int]:
+        return [COUNT.unpack_from(self.memory, (slot * self.servers + index) * COUNT.size)[0]
+                for index in range(self.servers)]
+
+    def retire(self, slot: int) -> None:
+        self.retired = [old + new for old, new in zip(self.retired, self.read(slot))]
+        self.write(slot, [0] * self.servers)
+
+    def totals(self, slots: int) -> list[int]:
+        totals = list(self.retired)
+        for slot in range(slots):
+            totals = [old + new for old, new in zip(totals, self.read(slot))]
+        return totals
+
+
+@dataclasses.dataclass
+class Worker:
+    slot: int
+    pid: int = 0
+    started: float = 0.0
+    ready: bool = False
+    restarts: int = 0
+    quick_deaths: int = 0
+    restart_at: float | None = None  # monotonic time of a planned restart
+
+    @property
+    def number(self) -> int:
+        return self.slot + 1
+
+
+def bind_worker_sockets(application: Application, count: int) -> list[list[socket.socket]]:
+    """The sockets of every worker slot: slot 0 has the ones bound first.
+
+    Needs ``TCPServer.reuse_port`` set before the first bind.
+    """
+    servers = tcp_servers(application)
+    first = [server.listening_socket for server in servers]
+    slots = [[sock for sock in first if sock is not None]]
+    try:
+        for _ in range(count - 1):
+            slots.append([])
+            for server in servers:
+                slots[-1].append(server.bind_replica())
+    except BaseException:
+        for sockets in slots[1:]:
+            for sock in sockets:
+                sock.close()
+        raise
+    return slots
+
+
+class Supervisor:
+    """The main process of a daemon with workers."""
+
+    def __init__(self, application: Application, sockets: list[list[socket.socket]],
+                 claim: Claim | None, loop: tuple[str, LoopFactory]) -> None:
+        self.application = application
+        self.sockets = sockets
+        self.claim = claim
+        self.loop_name, self.loop_factory = loop
+        self.servers = tcp_servers(application)
+        self.baseline = [server.lines_served for server in self.servers]
+        self.counts = LineCounts(len(sockets), len(self.servers))
+        self.workers = len(sockets)
+        self.slots = [Worker(slot) for slot in range(len(sockets))]
+        self.stopping = False
+        self.announced = False
+        self.waiting_for_counts: set[int] = set()
+        self.counts_deadline = 0.0
+
+    def run(self, on_ready: runner.ReadyCallback | None) -> None:
+        """Start the workers, keep them going, stop them all on SIGTERM."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED_SIGNALS)
+        for worker in self.slots:
+            self._start(worker)
+        while self.stopping is False or self._alive():
+            info = signal.sigtimedwait(SUPERVISED_SIGNALS, self._timeout())
+            if info is None:
+                self._on_timer()
+            else:
+                self._on_signal(info.si_signo, info.si_pid, on_ready)
+        self._add_counts_to_application()
+
+    def _alive(self) -> list[Worker]:
+        return [worker for worker in self.slots if worker.pid]
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        moments = [worker.restart_at for worker in self.slots
+                   if worker.restart_at is not None]
+        if self.waiting_for_counts:
+            moments.append(self.counts_deadline)
+        return max(0.0, min(moments, default=now + 60.0) - now)
+
+    def _on_timer(self) -> None:
+        now = time.monotonic()
+        for worker in self.slots:
+            if worker.restart_at is not None and worker.restart_at <= now:
+                worker.restart_at = None
+                if not self.stopping:
+                    self._start(worker)
+        if self.waiting_for_counts and self.counts_deadline <= now:
+            self.waiting_for_counts.clear()
+            self._write_state()
+
+    def _on_signal(self, signum: int, sender: int,
+                   on_ready: runner.ReadyCallback | None) -> None:
+        if signum == signal.SIGCHLD:
+            self._reap()
+        elif signum == READY_SIGNAL:
+            self._on_ready(sender, on_ready)
+        elif signum == COUNTED_SIGNAL:
+            self.waiting_for_counts.discard(sender)
+            if not self.waiting_for_counts:
+                self._write_state()
+        elif signum in runner.STOP_SIGNALS:
+            self._stop(signal.Signals(signum))
+        elif signum in runner.REOPEN_SIGNALS:
+            runner.reopen_log(signum)
+            self._forward(signum)
+        elif signum == runner.REFRESH_SIGNAL and self.announced:
+            self.waiting_for_counts = {worker.pid for worker in self._alive() if worker.ready}
+            self.counts_deadline = time.monotonic() + COUNT_PATIENCE
+            self._forward(signum)
+
+    def _on_ready(self, pid: int, on_ready: runner.ReadyCallback | None) -> None:
+        for worker in self.slots:
+            if worker.pid == pid:
+                worker.ready = True
+        if not self.announced and all(worker.ready for worker in self.slots):
+            self.announced = True
+            log.info("%d workers serving: pids %s", self.workers,
+                     ", ".join(str(worker.pid) for worker in self.slots))
+            self._write_state()
+            if on_ready is not None:
+                on_ready(listening_addresses(self.application))
+        elif self.announced:
+            self._write_state()
+
+    def _stop(self, signum: signal.Signals) -> None:
+        if self.stopping:
+            log.warning("received %s again, telling the workers to stop now", signum.name)
+        else:
+            log.info("received %s, stopping %d workers", signum.name, len(self._alive()))
+            self.stopping = True
+        self._forward(signal.SIGTERM)
+
+    def _forward(self, signum: int) -> None:
+        for worker in self._alive():
+            try:
+                os.kill(worker.pid, signum)
+            except ProcessLookupError:
+                pass  # died a moment ago; its SIGCHLD is on the way
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for worker in self.slots:
+                if worker.pid == pid:
+                    self._on_death(worker, status)
+
+    def _on_death(self, worker: Worker, status: int) -> None:
+        how = f"(pid {worker.pid}) {_describe_exit(status)}"
+        lived = time.time() - worker.started
+        was_ready = worker.ready
+        worker.pid, worker.ready = 0, False
+        self.counts.retire(worker.slot)
+        if self.stopping:
+            log.info("worker %d %s", worker.number, how)
+            return
+        if not self.announced:
+            self._give_up(f"worker {worker.number} {how} during start-up")
+        worker.quick_deaths = 1 if was_ready and lived >= STEADY_AFTER else worker.quick_deaths + 1
+        if worker.quick_deaths > GIVE_UP_AFTER:
+            self._give_up(f"worker {worker.number} {how}, its {worker.quick_deaths}th quick "
+                          "death in a row")
+        delay = 0.0 if worker.quick_deaths == 1 else min(
+            LONGEST_RETRY, FIRST_RETRY * 2 ** (worker.quick_deaths - 2))
+        log.warning("worker %d %s; restarting it in %.1f s", worker.number, how, delay)
+        worker.restart_at = time.monotonic() + delay
+        self._write_state()
+
+    def _give_up(self, why: str) -> None:
+        log.error("%s; giving up: stopping the daemon", why)
+        self.stopping = True
+        self._forward(signal.SIGTERM)
+        while self._alive():
+            self._reap()  # a SIGCHLD already taken may stand for several deaths
+            if self._alive():
+                signal.sigtimedwait((signal.SIGCHLD,), 1.0)
+        raise WorkersFailed(f"{why}; the log says more")
+
+    def _start(self, worker: Worker) -> None:
+        if worker.started:
+            worker.restarts += 1
+        worker.started = time.time()
+        worker.ready = False
+        pid = os.fork()
+        if pid == 0:
+            os._exit(self._serve_in_worker(worker.slot))
+        worker.pid = pid
+
+    def _serve_in_worker(self, slot: int) -> int:
+        """The whole life of a worker process; never returns into the main's code."""
+        try:
+            end_with_parent()
+            main = os.getppid()
+            for other, sockets in enumerate(self.sockets):
+                if other != slot:
+                    for sock in sockets:
+                        sock.close()
+            for server, sock in zip(self.servers, self.sockets[slot]):
+                server.use_socket(sock)
+            set_process_name(f"{self.application.process_name or 'reverserd'}-{slot + 1}")
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGCHLD, READY_SIGNAL,
+                                                        COUNTED_SIGNAL))
+
+            def write_counts() -> None:
+                self.counts.write(slot, [server.lines_served - before for server, before
+                                         in zip(self.servers, self.baseline)])
+
+            def report_counts() -> None:
+                write_counts()
+                os.kill(main, COUNTED_SIGNAL)
+
+            with asyncio.Runner(loop_factory=self.loop_factory) as loop_runner:
+                loop_runner.run(runner.serve(self.application,
+                                             lambda _: os.kill(main, READY_SIGNAL),
+                                             report_counts))
+            write_counts()
+            return 0
+        except BaseException:
+            log.exception("worker %d failed", slot + 1)
+            return 1
+        finally:
+            logging.shutdown()
+
+    def _add_counts_to_application(self) -> None:
+        for server, extra in zip(self.servers, self.counts.totals(self.workers)):
+            server.add_lines_served(extra)
+
+    def _write_state(self) -> None:
+        if self.claim is None or not self.announced:
+            return
+        totals = self.counts.totals(self.workers)
+        workers = tuple(WorkerState(worker.number, worker.pid, worker.started, worker.restarts)
+                        for worker in self.slots if worker.pid)
+        try:
+            self.claim.write_state(listening_addresses(self.application),
+                                   sum(self.baseline) + sum(totals), workers)
+        except OSError as error:
+            log.warning("cannot write the state file: %s", error)
+
+
+def _describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
