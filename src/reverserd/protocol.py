@@ -30,6 +30,7 @@ LF = b"\n"
 CR = b"\r"
 CRLF = b"\r\n"
 DEFAULT_MAX_LINE_LENGTH = 16384
+FIRST_BYTES_GRACE = 0.1  # seconds, at stop, for a connection that has sent nothing yet
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -68,6 +69,7 @@ class LineHandler(asyncio.Protocol):
         "_closing",
         "_limit",
         "_partial",
+        "_received",
         "_stopping",
         "lines_answered",
         "on_closed",
@@ -92,6 +94,7 @@ class LineHandler(asyncio.Protocol):
         self._partial = b""
         self._closing = False
         self._stopping = False
+        self._received = False
 
     @property
     def peer(self) -> str:
@@ -126,19 +129,32 @@ class LineHandler(asyncio.Protocol):
 
         Shutting the read side makes the kernel report end-of-file once the
         bytes it already holds for us are read, which draws the line between
-        lines to answer and lines that came too late.
+        lines to answer and lines that came too late. A connection that has
+        not received a byte yet was accepted a moment ago, its first line
+        most likely on its way: it gets ``FIRST_BYTES_GRACE`` seconds for it
+        (a worker stopped alone then drops none of the connections it had
+        just taken).
         """
         if self._stopping or self.transport is None:
             return
         self._stopping = True
         self.transport.resume_reading()
+        if self._received:
+            self._shut_reading()
+        else:
+            asyncio.get_running_loop().call_later(FIRST_BYTES_GRACE, self._shut_reading)
+
+    def _shut_reading(self) -> None:
+        assert self.transport is not None
+        if self.transport.is_closing():
+            return
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             # uvloop's stand-in socket refuses shutdown(); a duplicate descriptor
             # reaches the same connection with either loop.
             with contextlib.suppress(OSError), \
                     socket.socket(fileno=os.dup(sock.fileno())) as connection:
-                connection.shutdown(socket.SHUT_RD)  # OSError: the peer is gone already
+                connection.shutdown(socket.SHUT_RD)  # OSError: closed, or the peer is gone
 
     def abort(self) -> None:
         """Drop the connection now, discarding unsent replies."""
@@ -170,6 +186,7 @@ class LineHandler(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
+        self._received = True
         if not self._closing:
             self._respond(data)
 

@@ -124,7 +124,7 @@ class Supervisor:
         self.application = application
         self.sockets = sockets
         self.claim = claim
-        self.loop_name, self.loop_factory = loop
+        _, self.loop_factory = loop
         self.servers = tcp_servers(application)
         self.baseline = [server.lines_served for server in self.servers]
         self.counts = LineCounts(len(sockets), len(self.servers))
@@ -140,7 +140,7 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED_SIGNALS)
         for worker in self.slots:
             self._start(worker)
-        while self.stopping is False or self._alive():
+        while not self.stopping or self._alive():
             info = signal.sigtimedwait(SUPERVISED_SIGNALS, self._timeout())
             if info is None:
                 self._on_timer()
@@ -301,6 +301,8 @@ class Supervisor:
                                              report_counts))
             write_counts()
             return 0
+        except runner.ApplicationFailed:
+            return 1  # the traceback is logged already
         except BaseException:
             log.exception("worker %d failed", slot + 1)
             return 1
