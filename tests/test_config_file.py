@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 
@@ -59,6 +60,9 @@ def test_a_command_line_option_replaces_its_opposite_in_the_file(
     ("umask = '999'\n", r"key 'umask': expected an octal mask"),
     ("user = 1.5\n", r"key 'user': expected a name or a number, got 1.5"),
     ("port = \n", r"not valid TOML"),
+    ("loop = 'trio'\n", r"key 'loop': expected one of auto, asyncio, uvloop, got 'trio'"),
+    ("workers = 0\n", r"key 'workers': expected 'auto' or a number from 1 to 256, got '0'"),
+    ("workers = 1.5\n", r"key 'workers': expected 'auto' or a number, got 1.5"),
 ])
 def test_bad_keys_and_values_are_usage_errors_naming_the_key(tmp_path: pathlib.Path,
                                                             toml: str, message: str) -> None:
@@ -127,3 +131,10 @@ def test_the_readme_twistd_table_names_real_options() -> None:
     assert {"-n", "-l", "-y", "-f", "-o", "-u", "-g", "-d", "--pidfile", "--syslog",
             "--prefix", "--chroot", "--umask"} <= named
     assert named <= known, named - known
+
+
+def test_workers_and_loop_come_from_the_file_too(tmp_path: pathlib.Path) -> None:
+    _, config = parse(tmp_path, 'workers = "auto"\nloop = "asyncio"\n', "start")
+    assert (config.workers, config.loop) == (len(os.sched_getaffinity(0)), "asyncio")
+    _, config = parse(tmp_path, "workers = 3\n", "start", "--workers", "2")
+    assert config.workers == 2

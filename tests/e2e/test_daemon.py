@@ -14,6 +14,7 @@ from tests.e2e.daemons import (
     STARTED,
     DaemonDirectory,
     is_alive,
+    process_state,
     reverserd_processes_in,
     wait_until_dead,
 )
@@ -24,6 +25,7 @@ from tests.e2e.support import (
     receive_until_closed,
     send_until_stalled,
     small_buffered_client,
+    wait_until,
 )
 
 UPTIME = r"up (\d+d)?(\d+h)?(\d+m)?\d+s"
@@ -272,3 +274,17 @@ def test_a_pidfile_naming_a_zombie_is_stale(daemons: DaemonDirectory) -> None:
         assert start.stderr == (f"reverserd: removing stale pidfile {daemons.pidfile} "
                                 f"(pid {dead.pid} is a dead process not yet reaped)\n")
         assert STARTED.search(start.stdout)
+
+
+def test_stop_returns_once_the_lock_is_free_even_if_nobody_reaps_the_process(
+        daemons: DaemonDirectory) -> None:
+    """The serving process here is this test's child, left unreaped: it stays a
+    zombie after it exits, and ``stop`` must not wait for it to vanish."""
+    with subprocess.Popen([REVERSERD, "--foreground", "--port", "0", "--pidfile",
+                           str(daemons.pidfile)], cwd=daemons.path,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as serving:
+        wait_until(lambda: daemons.run("status").returncode == 0, "the server to serve")
+        result = daemons.run("stop", "--stop-timeout", "60", timeout=20)
+        assert (result.returncode, result.stdout) == (0, f"reverserd stopped: pid {serving.pid}\n")
+        os.waitid(os.P_PID, serving.pid, os.WEXITED | os.WNOWAIT)
+        assert process_state(serving.pid) == "Z"
