@@ -228,17 +228,16 @@ class LineHandler(asyncio.Protocol):
         end = data.rfind(LF)
         if end < 0:
             self._partial = data
-            self._check_partial()
-            return
-        self._partial = data[end + 1:]
-        answers = self.answer_block(data, end)
-        if answers is None:
-            self._answer_each(data[:end].split(LF), replies)
         else:
-            self.lines_answered += len(answers)
-            answers.append(b"")  # so that one join also ends the last reply
-            replies.append(LF.join(answers))  # and the caller's join of one item is free
-        if not self._closing:
+            self._partial = data[end + 1:]
+            answers = self.answer_block(data, end)
+            if answers is None:
+                self._answer_each(data[:end].split(LF), replies)
+            else:
+                self.lines_answered += len(answers)
+                answers.append(b"")  # so that one join also ends the last reply
+                replies.append(LF.join(answers))  # and the caller's join of one item is free
+        if len(self._partial) > self._limit and not self._closing:
             self._check_partial()
 
     def _answer_each(self, lines: list[bytes], replies: list[bytes]) -> None:
@@ -261,6 +260,7 @@ class LineHandler(asyncio.Protocol):
                 return
 
     def _check_partial(self) -> None:
+        """Refuse an unfinished line longer than the limit (its CR not counted)."""
         partial = self._partial
         allowed = self._limit + (1 if partial[-1:] == CR else 0)
         if len(partial) > allowed:
@@ -282,6 +282,11 @@ class Reverser(LineHandler):
 
     __slots__ = ()
     state_type = "reverserd.Reverser"
+    _reverses_blocks: ClassVar[bool] = True  # False once a subclass answers otherwise
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._reverses_blocks = cls.line_received is Reverser.line_received
 
     def line_received(self, line: bytes) -> bytes:
         return reverse(line)
@@ -296,8 +301,7 @@ class Reverser(LineHandler):
         ``line_received`` would do: ASCII, no CR, no command line, no line
         over the limit, and ``line_received`` not overridden.
         """
-        if (not data.isascii() or CR in data
-                or type(self).line_received is not Reverser.line_received):
+        if not (self._reverses_blocks and data.isascii()) or CR in data:
             return None
         flipped = data[end - 1::-1].split(LF) if end else [b""]
         if end > self._limit and max(map(len, flipped)) > self._limit:
