@@ -68,8 +68,12 @@ def main() -> int:
     finally:
         for server in contenders:
             server.stop()
-    memory = {server.name: _bytes_per_idle_connection(server, options.idle)
-              for server in contenders}
+    memory_runs: dict[str, list[float]] = {}
+    for _ in range(options.rounds):
+        for server in contenders:
+            memory_runs.setdefault(server.name, []).append(
+                _bytes_per_idle_connection(server, options.idle))
+    memory = {name: statistics.median(runs) for name, runs in memory_runs.items()}
     timings = _start_stop_timings(options.start_stop_rounds)
     print(_table(contenders, results, latencies, memory, options.idle))
     print()
