@@ -39,6 +39,33 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
+/* The same clock the kernel stamps received packets with (SO_TIMESTAMPNS). */
+static double wall(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* Read like read(2), and give when the kernel received the last of it: a reply's
+ * latency then ends when it reached this socket, not when this busy client got
+ * round to it, which would blame the client's own queue on the server. */
+static ssize_t read_stamped(int fd, char *buffer, size_t size, double *arrived) {
+    char control[CMSG_SPACE(sizeof(struct timespec))];
+    struct iovec vector = {.iov_base = buffer, .iov_len = size};
+    struct msghdr message = {.msg_iov = &vector, .msg_iovlen = 1,
+                             .msg_control = control, .msg_controllen = sizeof control};
+    ssize_t got = recvmsg(fd, &message, 0);
+    *arrived = wall();
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec stamp;
+            memcpy(&stamp, CMSG_DATA(c), sizeof stamp);
+            *arrived = stamp.tv_sec + stamp.tv_nsec / 1e9;
+        }
+    }
+    return got;
+}
+
 static double cpu_seconds(void) {
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
@@ -76,9 +103,10 @@ static int request_response(int connections, double seconds) {
     for (int i = 0; i < connections; i++) {
         int fd = connect_to_server(1), one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one);
         struct epoll_event event = {.events = EPOLLIN, .data.fd = fd};
         epoll_ctl(poller, EPOLL_CTL_ADD, fd, &event);
-        sent_at[fd] = clock;
+        sent_at[fd] = wall();
         if (write(fd, line, LINE_LENGTH) != LINE_LENGTH) fail("write");
     }
     double cpu = cpu_seconds();
@@ -88,16 +116,16 @@ static int request_response(int connections, double seconds) {
         for (int i = 0; i < ready; i++) {
             int fd = events[i].data.fd;
             char buffer[LINE_LENGTH];
-            ssize_t size = read(fd, buffer, LINE_LENGTH - received[fd]);
+            double arrived;
+            ssize_t size = read_stamped(fd, buffer, LINE_LENGTH - received[fd], &arrived);
             if (size <= 0) fail("read");
             if (memcmp(buffer, reply + received[fd], size) != 0) { errno = 0; fail("compare"); }
             received[fd] += size;
             if (received[fd] < LINE_LENGTH) continue;
             received[fd] = 0;
-            double replied = now();  /* per reply: a batch of replies is not one moment */
-            if (count < MAX_SAMPLES) latencies[count] = replied - sent_at[fd];
+            if (count < MAX_SAMPLES) latencies[count] = arrived - sent_at[fd];
             count++;
-            sent_at[fd] = now();
+            sent_at[fd] = wall();
             if (write(fd, line, LINE_LENGTH) != LINE_LENGTH) fail("write");
         }
     }
