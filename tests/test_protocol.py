@@ -199,3 +199,29 @@ def test_ascii_lines_take_no_step_per_line_and_only_non_ascii_ones_meet_grapheme
 
     assert asyncio.run(exchange(Reverser, mixed)) == expected_mixed
     assert calls["graphemes"] == 1
+
+
+def test_a_connection_makes_no_task_and_its_lines_no_log_call(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG", logger="reverserd.protocol")
+
+    async def hold_connections() -> tuple[int, int]:
+        server = TCPServer(0, Reverser)
+        await server.start_service()
+        tasks_before = len(asyncio.all_tasks())
+        streams = [await asyncio.open_connection(*server.address) for _ in range(20)]
+        for reader, writer in streams:
+            writer.write(b"".join(b"line %d\n" % number for number in range(50)))
+        for reader, _ in streams:
+            await reader.readexactly(sum(len(b"line %d\n" % n) for n in range(50)))
+        tasks_during = len(asyncio.all_tasks())
+        for _, writer in streams:
+            writer.close()
+        await server.stop_service()
+        return tasks_before, tasks_during
+
+    tasks_before, tasks_during = asyncio.run(hold_connections())
+    assert tasks_during == tasks_before
+    per_connection = [record.getMessage().split(" from ")[0]
+                      for record in caplog.records if record.name == "reverserd.protocol"]
+    assert per_connection == ["connection"] * 40  # its opening and its closing, 1,000 lines

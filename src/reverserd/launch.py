@@ -81,7 +81,7 @@ class Launch:
         supervisor = None
         if self.worker_sockets is not None:
             supervisor = workers.Supervisor(self.application, self.worker_sockets, claim,
-                                            self.loop)
+                                            self.loop[1])
         runner.run(self.application, claim, on_ready, self.state_directory, self.loop,
                    supervisor)
 

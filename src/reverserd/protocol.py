@@ -69,7 +69,6 @@ class LineHandler(asyncio.Protocol):
         "_closing",
         "_limit",
         "_partial",
-        "_received",
         "_stopping",
         "lines_answered",
         "on_closed",
@@ -94,7 +93,6 @@ class LineHandler(asyncio.Protocol):
         self._partial = b""
         self._closing = False
         self._stopping = False
-        self._received = False
 
     @property
     def peer(self) -> str:
@@ -130,8 +128,8 @@ class LineHandler(asyncio.Protocol):
         Shutting the read side makes the kernel report end-of-file once the
         bytes it already holds for us are read, which draws the line between
         lines to answer and lines that came too late. A connection that has
-        not received a byte yet was accepted a moment ago, its first line
-        most likely on its way: it gets ``FIRST_BYTES_GRACE`` seconds for it
+        sent nothing yet was most likely accepted a moment ago, its first line
+        on its way: it gets ``FIRST_BYTES_GRACE`` seconds for it
         (a worker stopped alone then drops none of the connections it had
         just taken).
         """
@@ -139,7 +137,7 @@ class LineHandler(asyncio.Protocol):
             return
         self._stopping = True
         self.transport.resume_reading()
-        if self._received:
+        if self.lines_answered or self._partial:  # it has sent something already
             self._shut_reading()
         else:
             asyncio.get_running_loop().call_later(FIRST_BYTES_GRACE, self._shut_reading)
@@ -186,7 +184,6 @@ class LineHandler(asyncio.Protocol):
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        self._received = True
         if not self._closing:
             self._respond(data)
 

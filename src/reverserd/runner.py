@@ -37,7 +37,8 @@ ReadyCallback = Callable[[tuple[str, ...]], None]
 class Supervise(Protocol):
     """Runs worker processes in place of serving here (see ``workers``)."""
 
-    workers: int
+    @property
+    def workers(self) -> int: ...
 
     def run(self, on_ready: ReadyCallback | None) -> None: ...
 

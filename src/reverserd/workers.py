@@ -120,20 +120,23 @@ class Supervisor:
     """The main process of a daemon with workers."""
 
     def __init__(self, application: Application, sockets: list[list[socket.socket]],
-                 claim: Claim | None, loop: tuple[str, LoopFactory]) -> None:
+                 claim: Claim | None, loop_factory: LoopFactory) -> None:
         self.application = application
         self.sockets = sockets
         self.claim = claim
-        _, self.loop_factory = loop
+        self.loop_factory = loop_factory
         self.servers = tcp_servers(application)
         self.baseline = [server.lines_served for server in self.servers]
         self.counts = LineCounts(len(sockets), len(self.servers))
-        self.workers = len(sockets)
         self.slots = [Worker(slot) for slot in range(len(sockets))]
         self.stopping = False
         self.announced = False
         self.waiting_for_counts: set[int] = set()
         self.counts_deadline = 0.0
+
+    @property
+    def workers(self) -> int:
+        return len(self.slots)
 
     def run(self, on_ready: runner.ReadyCallback | None) -> None:
         """Start the workers, keep them going, stop them all on SIGTERM."""

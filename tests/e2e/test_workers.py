@@ -183,6 +183,9 @@ def test_a_worker_that_keeps_dying_makes_the_daemon_give_up(daemons: DaemonDirec
     assert re.search(r"ERROR reverserd\.workers: worker 2 \(pid \d+\) was killed by SIGKILL, "
                      r"its 6th quick death in a row; giving up: stopping the daemon$",
                      daemons.log(), re.MULTILINE)
+    delays = re.findall(r"worker 2 \(pid \d+\) was killed by SIGKILL; restarting it in "
+                        r"(\d+\.\d) s$", daemons.log(), re.MULTILINE)
+    assert delays == ["0.0", "0.1", "0.2", "0.4", "0.8"]
     assert daemons.run("status").returncode == 3
 
 
@@ -253,3 +256,20 @@ def test_workers_end_when_the_main_process_is_killed(daemons: DaemonDirectory) -
     for pid in pids:
         wait_until_dead(pid)
     assert daemons.run("status").returncode == 1  # the pidfile is left, its lock is free
+
+
+def test_sigusr1_to_the_main_process_makes_every_worker_reopen_the_log(
+        daemons: DaemonDirectory) -> None:
+    daemon = daemons.start("--workers", "2", "--log-level", "debug")
+    moved = daemons.path / "moved.log"
+    daemons.logfile.rename(moved)
+    os.kill(daemon.pid, signal.SIGUSR1)
+    wait_until(lambda: daemons.logfile.exists()
+               and daemons.log().count("INFO reverserd.runner: log file reopened") == 3,
+               "the main process and both workers to reopen the log")
+    for _ in range(10):
+        assert exchange(daemon.port) == b"cba\n"
+    daemons.stop()
+    assert len(re.findall(r"DEBUG reverserd\.protocol: connection from 127\.0\.0\.1:\d+ "
+                          r"closed$", daemons.log(), re.MULTILINE)) == 10
+    assert "connection from" not in moved.read_text()
