@@ -6,13 +6,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 BENCH_VENV := .venv-bench
 
-.PHONY: run test bench system-deps clean
+SOAK_SECONDS ?= 60
+
+.PHONY: run test soak bench system-deps clean
 
 run: $(VENV)/.installed-run
 	$(BIN)/reverserd --foreground
 
+# ruff over src, tests and scripts, mypy --strict over src, then the suite: all three
+# run, so one make test reports every finding, and any of them fails the target.
 test: $(VENV)/.installed-test $(BENCH_VENV)/.installed system-deps
-	REVERSERD_BENCH_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python $(BIN)/pytest
+	status=0; \
+	$(BIN)/ruff check src tests scripts || status=1; \
+	$(BIN)/mypy --strict src || status=1; \
+	REVERSERD_BENCH_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python $(BIN)/pytest || status=1; \
+	exit $$status
+
+# A 15 s version runs in make test (tests/e2e/test_soak.py): hostile clients, signals and
+# killed workers against a daemon with two workers, for SOAK_SECONDS; see README.
+soak: $(VENV)/.installed-test
+	$(BIN)/python scripts/soak.py --seconds $(SOAK_SECONDS)
 
 # Not part of make test (a smoke test runs it for a second): reverserd against
 # twistd, both loops, one and two workers; see README's performance section.
@@ -22,7 +35,9 @@ bench: $(BENCH_VENV)/.installed
 system-deps:
 	@bash scripts/apt-ensure netcat-openbsd sh -c 'nc -h 2>&1 | grep -q OpenBSD'
 	@bash scripts/apt-ensure telnet sh -c 'command -v telnet'
-	@bash scripts/apt-ensure util-linux sh -c 'command -v setpriv'
+	@bash scripts/apt-ensure util-linux sh -c 'command -v setpriv && command -v prlimit'
+	@bash scripts/apt-ensure iproute2 sh -c 'command -v ss'
+	@bash scripts/apt-ensure mount sh -c 'command -v mount && command -v umount'
 	@bash scripts/apt-ensure procps sh -c 'command -v ps && command -v pgrep'
 
 $(BIN)/python:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import secrets
 
 import pytest
 
@@ -58,3 +59,30 @@ def test_symlinks_are_not_followed(directory: DirectoryHandle, tmp_path: pathlib
         directory.open("link", os.O_WRONLY | os.O_CREAT)
     assert not (tmp_path / "elsewhere").exists()
     assert not directory.is_regular_file("link")
+
+
+def test_an_atomic_write_never_writes_through_a_file_made_in_advance(
+        directory: DirectoryHandle, tmp_path: pathlib.Path) -> None:
+    """In a shared directory, a file another user made under the temporary
+    name would become the new file, theirs; the name is unpredictable, and
+    the file made exclusively, instead."""
+    planted = tmp_path / ".state.json.tmp"  # the name once used
+    planted.write_bytes(b"planted")
+    directory.write_atomically("state.json", b"ours")
+    assert (tmp_path / "state.json").read_bytes() == b"ours"
+    assert planted.read_bytes() == b"planted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".state.json.tmp", "state.json"]
+
+
+def test_a_temporary_name_taken_already_is_passed_over(
+        directory: DirectoryHandle, tmp_path: pathlib.Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = iter(["guessed", "fresh"])
+    monkeypatch.setattr(secrets, "token_hex", lambda _: next(tokens))
+    taken = tmp_path / ".state.json.guessed.tmp"
+    taken.symlink_to(tmp_path / "target")
+    directory.write_atomically("state.json", b"ours")
+    assert (tmp_path / "state.json").read_bytes() == b"ours"
+    assert taken.is_symlink() and not (tmp_path / "target").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".state.json.guessed.tmp",
+                                                          "state.json"]

@@ -24,6 +24,7 @@ def reverser_application(config: Config) -> Application:
         config.port,
         Reverser,
         config.interface,
+        backlog=config.backlog,
         max_line_length=config.max_line_length,
         shutdown_timeout=config.shutdown_timeout,
     )

@@ -28,13 +28,14 @@ DAEMON_VERBS = ("start", "stop", "status", "restart")
 NOT_IN_CONFIG_FILE = frozenset({"help", "version", "config", "foreground"})
 #: Options that exclude each other; a command-line one overrides the config file's.
 EXCLUSIVE = (("logfile", "syslog"),)
-REVERSER_OPTIONS = ("port", "interface", "max_line_length", "shutdown_timeout")
+REVERSER_OPTIONS = ("port", "interface", "backlog", "max_line_length", "shutdown_timeout")
 STDOUT = pathlib.Path("-")
 VERB_HELP = ("run: serve in the foreground (same as --foreground); start: detach a daemon "
              "and return once it serves (the default with -y or -f, as with twistd); stop: "
              "end it gracefully; status: say whether it runs (LSB exit codes); restart: "
              "stop, then start")
 Value = TypeVar("Value")
+LIMITS_GROUP = "limits (per serving process; with --workers, per worker)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,6 +57,15 @@ def _option_type(parse: Callable[[str], Value]) -> Callable[[str], Value]:
     return convert
 
 
+def _add_number(group: argparse._ArgumentGroup, *names: str,
+                parse: config.WholeNumber | config.Seconds, default: float, metavar: str,
+                help: str) -> None:
+    """A numeric option whose help ends with its range and default."""
+    shown = f"{default:g}" if isinstance(default, float) else str(default)
+    group.add_argument(*names, type=_option_type(parse), default=default, metavar=metavar,
+                       help=f"{help} ({parse.range}; default: {shown})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One flat parser, so an option means the same before or after the verb."""
     defaults = config.Config()
@@ -68,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("verb", nargs="?", choices=tuple(ACTIONS), help=VERB_HELP)
     parser.add_argument("-n", "--foreground", "--nodaemon", action="store_true",
                         help="stay attached to the terminal and log to stdout")
-    parser.add_argument("--config", type=pathlib.Path, metavar="FILE",
+    parser.add_argument("--config", type=_option_type(config.parse_path), metavar="FILE",
                         help="read options from this TOML file (keys: the long option "
                         "names); options given here override it")
     _add_application_options(parser)
@@ -76,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_daemon_options(parser, defaults)
     _add_account_options(parser)
     _add_log_options(parser, defaults)
+    _add_limit_options(parser, defaults)
     _add_performance_options(parser, defaults)
     parser.add_argument("--version", action="version", version=f"reverserd {__version__}")
     return parser
@@ -83,11 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_application_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("the application")
-    group.add_argument("-y", "--python", dest="application_file", type=pathlib.Path,
+    path = _option_type(config.parse_path)
+    group.add_argument("-y", "--python", dest="application_file", type=path,
                        metavar="FILE",
                        help="run the module-level 'application' of this Python file "
                        "instead of the built-in reverser")
-    group.add_argument("-f", "--file", dest="state_file", type=pathlib.Path, metavar="FILE",
+    group.add_argument("-f", "--file", dest="state_file", type=path, metavar="FILE",
                        help="run the application saved in this state file "
                        "(<Name>-shutdown.json); with -y, the file's application as saved "
                        "there; implies --save")
@@ -102,52 +114,55 @@ def _add_application_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_reverser_options(parser: argparse.ArgumentParser, defaults: config.Config) -> None:
     group = parser.add_argument_group("the built-in reverser")
-    group.add_argument("--port", type=_option_type(config.parse_port), default=defaults.port,
-                       help="TCP port; 0 picks a free one (default: %(default)s)")
-    group.add_argument("--interface", default=defaults.interface, metavar="ADDRESS",
-                       help="address to listen on (default: %(default)s)")
-    group.add_argument("--max-line-length", type=_option_type(config.parse_positive_int),
-                       default=defaults.max_line_length, metavar="BYTES",
-                       help="a connection sending a longer line is closed "
-                       "(default: %(default)s)")
-    group.add_argument("--shutdown-timeout", type=_option_type(config.parse_seconds),
-                       default=defaults.shutdown_timeout, metavar="SECONDS",
-                       help="at stop, how long connections may take to answer what they "
-                       "received (default: %(default)s)")
+    _add_number(group, "--port", parse=config.parse_port, default=defaults.port,
+                metavar="PORT", help="TCP port; 0 picks a free one")
+    group.add_argument("--interface", type=_option_type(config.parse_interface),
+                       default=defaults.interface, metavar="ADDRESS",
+                       help="IP address or host name to listen on (default: %(default)s)")
+    _add_number(group, "--backlog", parse=config.parse_backlog, default=defaults.backlog,
+                metavar="N", help="connections the kernel queues until they are accepted; "
+                "it caps this at net.core.somaxconn")
+    _add_number(group, "--max-line-length", parse=config.parse_max_line_length,
+                default=defaults.max_line_length, metavar="BYTES",
+                help="a connection sending a longer line is closed")
+    _add_number(group, "--shutdown-timeout", parse=config.parse_shutdown_timeout,
+                default=defaults.shutdown_timeout, metavar="SECONDS",
+                help="at stop, how long connections may take to answer what they received")
 
 
 def _add_daemon_options(parser: argparse.ArgumentParser, defaults: config.Config) -> None:
     group = parser.add_argument_group("the daemon")
-    group.add_argument("--pidfile", type=pathlib.Path, metavar="PATH",
+    path = _option_type(config.parse_path)
+    group.add_argument("--pidfile", type=path, metavar="PATH",
                        help=f"pidfile; its lock and state files sit next to it (default: "
                        f"{config.DEFAULT_PIDFILE} in the current directory; in the "
                        "foreground, none)")
-    group.add_argument("-d", "--rundir", type=pathlib.Path, metavar="DIR",
+    group.add_argument("-d", "--rundir", type=path, metavar="DIR",
                        help="directory the daemon runs in and saves its state to "
                        "(default: the current one; with --chroot, the jail's root)")
     group.add_argument("--umask", type=_option_type(config.parse_umask), metavar="OCTAL",
                        help="file-creation mask (default: "
                        f"{config.DEFAULT_UMASK:03o} for a daemon; unchanged in the "
                        "foreground)")
-    group.add_argument("--start-timeout", type=_option_type(config.parse_seconds),
-                       default=defaults.start_timeout, metavar="SECONDS",
-                       help="how long start waits for the daemon to serve before killing "
-                       "it (default: %(default)s)")
-    group.add_argument("--stop-timeout", type=_option_type(config.parse_seconds),
-                       default=defaults.stop_timeout, metavar="SECONDS",
-                       help="how long stop waits after SIGTERM before SIGKILL "
-                       "(default: %(default)s)")
+    _add_number(group, "--start-timeout", parse=config.parse_start_timeout,
+                default=defaults.start_timeout, metavar="SECONDS",
+                help="how long start waits for the daemon to serve before killing it")
+    _add_number(group, "--stop-timeout", parse=config.parse_stop_timeout,
+                default=defaults.stop_timeout, metavar="SECONDS",
+                help="how long stop waits after SIGTERM before SIGKILL")
 
 
 def _add_account_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("privileges (when started as root)")
-    group.add_argument("-u", "--user", "--uid", dest="user", metavar="NAME|UID",
+    account = _option_type(config.parse_account)
+    group.add_argument("-u", "--user", "--uid", dest="user", type=account, metavar="NAME|UID",
                        help="once the ports are bound, run as this user, with its groups "
                        "(default: the application's uid, else stay as started)")
-    group.add_argument("-g", "--group", "--gid", dest="group", metavar="NAME|GID",
+    group.add_argument("-g", "--group", "--gid", dest="group", type=account,
+                       metavar="NAME|GID",
                        help="run with this group (default: the application's gid, else "
                        "the user's primary group)")
-    group.add_argument("--chroot", type=pathlib.Path, metavar="DIR",
+    group.add_argument("--chroot", type=_option_type(config.parse_path), metavar="DIR",
                        help="once the application is loaded and its ports bound, confine "
                        "the daemon to DIR; run files keep the paths given here")
 
@@ -158,24 +173,50 @@ def _add_log_options(parser: argparse.ArgumentParser, defaults: config.Config) -
                        default=defaults.log_level, metavar="LEVEL",
                        help=f"one of {', '.join(LEVELS)} (default: %(default)s)")
     destination = group.add_mutually_exclusive_group()
-    destination.add_argument("-l", "--logfile", type=pathlib.Path, metavar="PATH",
+    destination.add_argument("-l", "--logfile", type=_option_type(config.parse_path),
+                             metavar="PATH",
                              help=f"log file (default: {config.DEFAULT_LOGFILE_NAME} next "
                              "to the pidfile; in the foreground, stdout, also asked for "
                              "with '-')")
     destination.add_argument("--syslog", action="store_true",
                              help="log to the system logger instead of a file")
-    group.add_argument("--log-max-bytes", type=_option_type(config.parse_byte_count),
-                       default=defaults.log_max_bytes, metavar="BYTES",
-                       help="rotate the log file at this size; 0 never rotates (for an "
-                       "external logrotate and SIGUSR1) (default: %(default)s)")
-    group.add_argument("--log-backups", type=_option_type(config.parse_positive_int),
-                       default=defaults.log_backups, metavar="COUNT",
-                       help="rotated log files kept (default: %(default)s)")
-    group.add_argument("--syslog-prefix", "--prefix", default=defaults.syslog_prefix,
-                       metavar="IDENT",
-                       help="syslog ident (default: %(default)s)")
-    group.add_argument("--syslog-address", default=defaults.syslog_address, metavar="PATH",
+    _add_number(group, "--log-max-bytes", parse=config.parse_log_max_bytes,
+                default=defaults.log_max_bytes, metavar="BYTES",
+                help="rotate the log file at this size; 0 never rotates (for an external "
+                "logrotate and SIGUSR1)")
+    _add_number(group, "--log-backups", parse=config.parse_log_backups,
+                default=defaults.log_backups, metavar="COUNT",
+                help="rotated log files kept")
+    group.add_argument("--syslog-prefix", "--prefix",
+                       type=_option_type(config.parse_syslog_prefix),
+                       default=defaults.syslog_prefix, metavar="IDENT",
+                       help=f"syslog ident, at most {config.MAX_SYSLOG_IDENT} characters "
+                       "(default: %(default)s)")
+    group.add_argument("--syslog-address", type=_option_type(config.parse_syslog_address),
+                       default=defaults.syslog_address, metavar="PATH",
                        help="the system logger's socket (default: %(default)s)")
+
+
+def _add_limit_options(parser: argparse.ArgumentParser, defaults: config.Config) -> None:
+    group = parser.add_argument_group(LIMITS_GROUP)
+    _add_number(group, "--max-connections", parse=config.parse_max_connections,
+                default=defaults.max_connections, metavar="N",
+                help="at this many open connections, stop accepting (newcomers wait in "
+                "the kernel's queue) until one closes; lowered, with a warning, to what "
+                "the open-file limit allows")
+    _add_number(group, "--max-connections-per-peer",
+                parse=config.parse_max_connections_per_peer,
+                default=defaults.max_connections_per_peer, metavar="N",
+                help="connections one client address may hold open; one more is closed "
+                "as soon as it is accepted; 0: no limit")
+    _add_number(group, "--idle-timeout", parse=config.parse_idle_timeout,
+                default=defaults.idle_timeout, metavar="SECONDS",
+                help="close a connection that completes no line for this long (bytes "
+                "without a line end do not count); 0: never")
+    _add_number(group, "--write-timeout", parse=config.parse_write_timeout,
+                default=defaults.write_timeout, metavar="SECONDS",
+                help="abort a connection whose client has not taken its replies for "
+                "this long")
 
 
 def _add_performance_options(parser: argparse.ArgumentParser,
@@ -188,7 +229,12 @@ def _add_performance_options(parser: argparse.ArgumentParser,
     group.add_argument("--workers", type=_option_type(config.parse_workers),
                        default=defaults.workers, metavar="N|auto",
                        help="worker processes sharing the ports (SO_REUSEPORT) under one "
-                       "main process; auto: one per CPU (default: %(default)s)")
+                       f"main process; auto: one per CPU (1 to {config.MAX_WORKERS} or auto; "
+                       "default: %(default)s)")
+    _add_number(group, "--worker-timeout", parse=config.parse_worker_timeout,
+                default=defaults.worker_timeout, metavar="SECONDS",
+                help="with --workers, a worker silent (no heartbeat) this long is killed "
+                "and replaced")
 
 
 def config_file_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -309,6 +355,12 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config
         chroot=_absolute(options.chroot),
         loop=options.loop,
         workers=options.workers,
+        worker_timeout=options.worker_timeout,
+        backlog=options.backlog,
+        max_connections=options.max_connections,
+        max_connections_per_peer=options.max_connections_per_peer,
+        idle_timeout=options.idle_timeout,
+        write_timeout=options.write_timeout,
     )
 
 

@@ -6,6 +6,12 @@ Keys are the long option names without their dashes (``port``,
 relative to the file's directory, so the file means the same wherever
 ``reverserd`` is started. Unknown keys and values of the wrong type are
 usage errors naming the key.
+
+A file that cannot be read (missing, unreadable, not a regular file, over
+``MAX_BYTES``) is a runtime error, exit 1; a file read whose content is
+wrong (not TOML, nested too deeply, a bad key or value) is a usage error,
+exit 2. Every value goes through the command line's own validator, so the
+file is held to the same ranges and lengths.
 """
 
 from __future__ import annotations
@@ -13,15 +19,20 @@ from __future__ import annotations
 import argparse
 import difflib
 import pathlib
+import sys
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from reverserd.errors import UsageError, UserError, os_reason
+from reverserd.errors import UsageError, UserError
+from reverserd.persist import QUOTED_LENGTH, Unreadable, quoted, read_regular_file
 
+MAX_BYTES = 1024 * 1024
 #: Options whose numbers TOML may give as numbers, not only as strings.
-NUMERIC = frozenset({"port", "max_line_length", "shutdown_timeout", "start_timeout",
-                     "stop_timeout", "log_max_bytes", "log_backups"})
+NUMERIC = frozenset({"port", "backlog", "max_line_length", "shutdown_timeout",
+                     "start_timeout", "stop_timeout", "log_max_bytes", "log_backups",
+                     "max_connections", "max_connections_per_peer", "idle_timeout",
+                     "write_timeout", "worker_timeout"})
 #: Options that take a number or a word, and what each expects.
 NUMBER_OR_WORD = {"user": "a name or a number", "group": "a name or a number",
                   "workers": "'auto' or a number"}
@@ -34,19 +45,21 @@ def read(path: pathlib.Path, options: Mapping[str, argparse.Action]) -> dict[str
     it stands for.
     """
     try:
-        with path.open("rb") as stream:
-            table = tomllib.load(stream)
-    except FileNotFoundError:
-        raise UserError(f"cannot read config file {path}: no such file") from None
-    except OSError as error:
-        raise UserError(f"cannot read config file {path}: {os_reason(error)}") from None
+        table = tomllib.loads(read_regular_file(path, MAX_BYTES).decode("utf-8"))
+    except Unreadable as error:
+        raise UserError(f"cannot read config file {path}: {error}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{path}: not valid TOML: {error}") from None
+    except (RecursionError, MemoryError):  # tomllib recurses once per level
+        raise UsageError(f"{path}: not valid TOML: nested too deeply") from None
+    except ValueError:  # int() of the number refused it
+        raise UsageError(f"{path}: not valid TOML: a number of more than "
+                         f"{sys.get_int_max_str_digits()} digits") from None
     settings: dict[str, Any] = {}
     for key, value in table.items():
         action = options.get(key)
         if action is None:
-            raise UsageError(f"{path}: unknown key {key!r}{_suggestion(key, options)}")
+            raise UsageError(f"{path}: unknown key {quoted(key)}{_suggestion(key, options)}")
         try:
             settings[action.dest] = _convert(action, value, path.parent)
         except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
@@ -75,11 +88,10 @@ def _convert(action: argparse.Action, value: object, base: pathlib.Path) -> Any:
             raise TypeError(f"expected {_expected(action)}, got {_shown(value)}")
     if action.choices is not None and value not in action.choices:
         raise ValueError(f"expected one of {', '.join(map(str, action.choices))}, "
-                         f"got {value!r}")
+                         f"got {quoted(value)}")
     convert: Callable[[str], Any] | None = action.type  # type: ignore[assignment]
-    if convert is pathlib.Path:
-        return base / value
-    return value if convert is None else convert(value)
+    converted = value if convert is None else convert(value)
+    return base / converted if isinstance(converted, pathlib.Path) else converted
 
 
 def _expected(action: argparse.Action) -> str:
@@ -91,4 +103,9 @@ def _expected(action: argparse.Action) -> str:
 
 
 def _shown(value: object) -> str:
-    return repr(value) if isinstance(value, str | int | float) else type(value).__name__
+    if isinstance(value, str):
+        return quoted(value)
+    if not isinstance(value, int | float):
+        return type(value).__name__
+    shown = repr(value)  # up to thousands of digits
+    return shown if len(shown) <= QUOTED_LENGTH else f"{shown[:QUOTED_LENGTH]}... ({len(shown)} digits)"

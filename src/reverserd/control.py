@@ -3,6 +3,12 @@
 Exit statuses follow the LSB init-script conventions: ``start`` on a running
 daemon and ``stop`` on a stopped one succeed; ``status`` answers 0 running,
 1 dead with a pidfile left, 3 not running, 4 cannot tell.
+
+A daemon is the process holding the lock, never merely the pid in a file:
+``stop`` checks that it still holds the lock right before each signal, and
+waits for that very process (and its workers) to be gone, judged by pid and
+start time -- not for the lock to be free, which a concurrent ``start`` may
+take at any moment.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable, Sequence
 
 from reverserd import detach, launch, logs, loops, privileges, runner
 from reverserd.config import DEFAULT_UMASK, Config
@@ -23,10 +30,14 @@ from reverserd.pidfile import (
     DaemonState,
     Inspection,
     Liveness,
+    Owners,
+    Process,
     RunFiles,
     RunLock,
+    find_process,
     holds_open,
     inspect,
+    process_uid,
     read_state,
 )
 from reverserd.privileges import Account
@@ -51,15 +62,16 @@ def warn(message: str) -> None:
 
 def start(config: Config) -> int:
     """Detach a daemon and return once it serves, or say why it could not."""
-    files = _run_files(config)
     loop = loops.loop_factory(config.loop)
     jail = launch.plan_jail(config)
     rundir = launch.run_directory(config)
     _check_run_directory(rundir)
     account = launch.account_from_options(config)
+    files = _run_files(config, account)
     umask = DEFAULT_UMASK if config.umask is None else config.umask
     os.umask(umask)
     privileges.ensure_directory(files.pidfile.parent, account, "its pidfile and lock file")
+    _warn_if_shared(files.pidfile.parent, account)
     files.check_usable()
     claimed = _claim(files, config.start_timeout)
     if isinstance(claimed, int):
@@ -127,35 +139,36 @@ def _clean_up_after_death(files: RunFiles) -> None:
 
 
 def stop(config: Config) -> int:
-    """SIGTERM the daemon, wait for it to be gone, SIGKILL it if it lingers."""
-    files = _run_files(config)
+    """SIGTERM the daemon, wait for it and its workers to be gone, SIGKILL what lingers."""
+    files = _run_files(config, privileges.resolve(config.user, config.group))
     found = _inspect(files)
     if found.liveness is Liveness.ABSENT:
         say("is not running")
         return 0
     if found.liveness is Liveness.STALE:
-        lock = RunLock.try_acquire(files.lock)
+        lock = RunLock.try_acquire(files.lock, files.owners)
         if lock is not None:
             claim = Claim(files, lock)
             _remove_stale_files(claim)
             claim.release()
         say("is not running")
         return 0
-    pid = _daemon_pid(files, config.stop_timeout)
-    if pid is None:
+    target = _daemon(files, config.stop_timeout)
+    if target is None:
         say("is not running")
         return 0
-    _signal(pid, signal.SIGTERM)
-    if not _wait_until_gone(files, config.stop_timeout):
-        _signal(pid, signal.SIGKILL)
-        warn(f"pid {pid} did not stop within {config.stop_timeout:g} s; killed it")
-        _clean_up_after_death(files)
-    say(f"stopped: pid {pid}")
+    daemon, state = target
+    workers = _workers(daemon, state)
+    killed = _end_daemon(files, daemon, config.stop_timeout)
+    _end_workers(workers, config.stop_timeout)
+    if killed:
+        _remove_files_left_behind(files)
+    say(f"stopped: pid {daemon.pid}")
     return 0
 
 
-def _daemon_pid(files: RunFiles, timeout: float) -> int | None:
-    """The pid of the process holding the lock, proven through /proc.
+def _daemon(files: RunFiles, timeout: float) -> tuple[Process, DaemonState | None] | None:
+    """The process holding the lock, proven through /proc, and its state.
 
     A pidfile is only trusted when the process it names holds the lock file
     open: a stale pidfile naming someone else's process is never signalled.
@@ -166,12 +179,87 @@ def _daemon_pid(files: RunFiles, timeout: float) -> int | None:
         found = _inspect(files)
         if found.liveness in (Liveness.ABSENT, Liveness.STALE):
             return None
-        if found.pid is not None and holds_open(found.pid, files.lock) is not False:
-            return found.pid
+        if found.pid is not None:
+            process = find_process(found.pid)  # its start time, before it proves itself
+            if process is not None and holds_open(found.pid, files.lock) is not False:
+                return process, found.state
         if time.monotonic() > deadline:
             raise UserError(f"{files.lock} is held, but {files.pidfile} names no process "
                             "holding it; not signalling anyone")
         time.sleep(POLL_INTERVAL)
+
+
+def _workers(daemon: Process, state: DaemonState | None) -> list[Process]:
+    """The daemon's worker processes, as its state file names them, each
+    recorded before any signal so that its exit can be told from pid reuse."""
+    found = []
+    for worker in state.workers if state is not None else ():
+        process = find_process(worker.pid)
+        if process is not None and process.parent == daemon.pid:
+            found.append(process)
+    return found
+
+
+def _end_daemon(files: RunFiles, daemon: Process, timeout: float) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout``; whether it took SIGKILL.
+
+    Each signal goes out only while the process still holds the lock: one
+    that let go of it is stopping by itself, and is only waited for.
+    """
+    def holds_the_lock() -> bool:
+        return holds_open(daemon.pid, files.lock) is not False
+
+    if _send(daemon, signal.SIGTERM, holds_the_lock) \
+            and not _wait_until_gone([daemon], timeout) \
+            and _send(daemon, signal.SIGKILL, holds_the_lock):
+        warn(f"pid {daemon.pid} did not stop within {timeout:g} s; killed it")
+        if not _wait_until_gone([daemon], DEATH_PATIENCE):
+            raise UserError(f"pid {daemon.pid} did not die after SIGKILL")
+        return True
+    if not _wait_until_gone([daemon], DEATH_PATIENCE):
+        raise UserError(f"pid {daemon.pid} let go of {files.lock} but did not exit within "
+                        f"{DEATH_PATIENCE:g} s; not signalling it")
+    return False
+
+
+def _end_workers(workers: Sequence[Process], timeout: float) -> None:
+    """Wait for the workers to follow their main process; SIGKILL those that do not."""
+    if _wait_until_gone(workers, timeout):
+        return
+    killed = [worker for worker in workers if _send(worker, signal.SIGKILL)]
+    if killed:
+        pids = ", ".join(str(worker.pid) for worker in killed)
+        warn(f"worker {'pid' if len(killed) == 1 else 'pids'} {pids} did not stop within "
+             f"{timeout:g} s of the main process; killed {'it' if len(killed) == 1 else 'them'}")
+    if not _wait_until_gone(workers, DEATH_PATIENCE):
+        raise UserError(f"worker pids {', '.join(str(worker.pid) for worker in workers)} "
+                        "did not die after SIGKILL")
+
+
+def _send(process: Process, signum: int, still_wanted: Callable[[], bool] = lambda: True,
+          ) -> bool:
+    """Signal ``process`` if it has not exited and ``still_wanted()``; whether it was sent.
+
+    The pidfd pins the process: once its start time matches, the checks and
+    the signal concern the same process, even should its pid be reused.
+    """
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        return False
+    except OSError as error:
+        raise UserError(f"cannot signal pid {process.pid}: {os_reason(error)}") from None
+    try:
+        if process.is_gone() or not still_wanted():
+            return False
+        signal.pidfd_send_signal(pidfd, signum)
+    except ProcessLookupError:
+        return False
+    except OSError as error:
+        raise UserError(f"cannot signal pid {process.pid}: {os_reason(error)}") from None
+    finally:
+        os.close(pidfd)
+    return True
 
 
 def _signal(pid: int, signum: int) -> None:
@@ -183,8 +271,40 @@ def _signal(pid: int, signum: int) -> None:
         raise UserError(f"cannot signal pid {pid}: {os_reason(error)}") from None
 
 
+def _wait_until_gone(processes: Sequence[Process], timeout: float) -> bool:
+    """Whether every one of ``processes`` exited within ``timeout`` (a zombie
+    nobody reaped counts as gone: it holds nothing any more)."""
+    deadline = time.monotonic() + timeout
+    while not all(process.is_gone() for process in processes):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+    return True
+
+
+def _remove_files_left_behind(files: RunFiles) -> None:
+    """Remove what a killed daemon could not, unless a new daemon holds the
+    lock already: the files are its own then."""
+    lock = RunLock.try_acquire(files.lock, files.owners)
+    if lock is None:
+        return
+    claim = Claim(files, lock)
+    try:
+        claim.remove_stale_files()
+    finally:
+        claim.release()
+
+
 def status(config: Config) -> int:
-    files = _run_files(config)
+    """Say whether the daemon runs, and what it says about itself if it does."""
+    try:
+        return _status(_run_files(config, privileges.resolve(config.user, config.group)))
+    except UserError as error:
+        say(f"status unknown: {error}")
+        return STATUS_UNKNOWN
+
+
+def _status(files: RunFiles) -> int:
     try:
         found = inspect(files)
     except OSError as error:
@@ -194,10 +314,17 @@ def status(config: Config) -> int:
         state = _fresh_state(files, found.state)
         say(f"running: pid {state.pid}{_listening(state.addresses)}, "
             f"up {format_duration(state.uptime())}, {count(state.lines_served, 'line')} served")
+        limits = _limits(state)
+        if limits:
+            say(f"closed by limits: {limits}")
         for worker in state.workers:
             restarts = f", restarted {count(worker.restarts, 'time')}" if worker.restarts else ""
+            last = f", last: {worker.last_exit}" if worker.last_exit else ""
             say(f"worker {worker.number}: pid {worker.pid}, "
-                f"up {format_duration(max(0.0, time.time() - worker.started))}{restarts}")
+                f"up {format_duration(max(0.0, time.time() - worker.started))}{restarts}{last}")
+        return STATUS_RUNNING
+    if found.liveness is Liveness.RUNNING:
+        say(f"running: pid {found.pid} ({found.ignored})")
         return STATUS_RUNNING
     if found.liveness is Liveness.STARTING:
         say(f"starting: pid {found.pid or '?'}")
@@ -209,20 +336,35 @@ def status(config: Config) -> int:
     return STATUS_NOT_RUNNING
 
 
+def _limits(state: DaemonState) -> str:
+    """``2 idle, 1 write-timeout, 3 accept pauses``; empty when no limit acted."""
+    closed = [f"{number} {reason}" for reason, number in state.closed.items() if number]
+    if not state.paused:
+        return ", ".join(closed)
+    return ", ".join([*(closed or ["none"]), count(state.paused, "accept pause")])
+
+
 def _fresh_state(files: RunFiles, state: DaemonState) -> DaemonState:
     """Ask the daemon to rewrite its state file (SIGUSR2) and wait briefly for
     it, so the line count is the current one; the last one written if the
     daemon may not be signalled or does not answer in time."""
     asked = time.time()
-    if holds_open(state.pid, files.lock) is not True:
+    daemon = find_process(state.pid)
+    if daemon is None:
         return state
     try:
-        os.kill(state.pid, runner.REFRESH_SIGNAL)
-    except OSError:
+        if not _send(daemon, runner.REFRESH_SIGNAL,
+                     lambda: holds_open(state.pid, files.lock) is True):
+            return state
+    except UserError:
         return state
+    owners = Owners.of_daemon(process_uid(state.pid))
     deadline = time.monotonic() + REFRESH_PATIENCE
     while time.monotonic() < deadline:
-        fresh = read_state(files.state)
+        try:
+            fresh = read_state(files.state, owners)
+        except (OSError, UserError):
+            return state  # replaced meanwhile by something not to be read
         if fresh is not None and fresh.pid == state.pid and fresh.refreshed >= asked:
             return fresh
         time.sleep(POLL_INTERVAL)
@@ -264,8 +406,9 @@ def run_foreground(config: Config) -> int:
         os.umask(config.umask)
     claim = None
     if config.pidfile is not None:
-        files = RunFiles(config.pidfile)
+        files = _run_files(config, account)
         privileges.ensure_directory(files.pidfile.parent, account, "its pidfile and lock file")
+        _warn_if_shared(files.pidfile.parent, account)
         files.check_usable()
         claimed = _claim(files, config.start_timeout)
         if isinstance(claimed, int):
@@ -301,9 +444,23 @@ def _check_run_directory(path: pathlib.Path) -> None:
         raise UserError(f"cannot use run directory {path}: not a directory")
 
 
-def _run_files(config: Config) -> RunFiles:
+def _warn_if_shared(directory: pathlib.Path, account: Account | None) -> None:
+    """Warn of a run directory others may write: they could plant or remove
+    run files there (those they own are refused, but a daemon refusing to
+    start is the least harm they can do)."""
+    try:
+        found = directory.stat()
+    except OSError:
+        return  # check_usable says why
+    group = os.getegid() if account is None else account.gid
+    if found.st_mode & stat.S_IWOTH or (found.st_mode & stat.S_IWGRP and found.st_gid != group):
+        warn(f"warning: {directory} is writable by other users; run files there can be "
+             "tampered with (use a directory of its own, e.g. /run/reverserd)")
+
+
+def _run_files(config: Config, account: Account | None) -> RunFiles:
     assert config.pidfile is not None, "the command line sets a daemon's pidfile"
-    return RunFiles(config.pidfile)
+    return RunFiles(config.pidfile, Owners.of_account(None if account is None else account.uid))
 
 
 def _inspect(files: RunFiles) -> Inspection:
@@ -321,7 +478,7 @@ def _claim(files: RunFiles, timeout: float) -> Claim | int:
     """
     deadline = time.monotonic() + timeout
     while True:
-        lock = RunLock.try_acquire(files.lock)
+        lock = RunLock.try_acquire(files.lock, files.owners)
         if lock is not None:
             return Claim(files, lock)
         found = _inspect(files)
@@ -336,22 +493,11 @@ def _claim(files: RunFiles, timeout: float) -> Claim | int:
 def _wait_for_lock(files: RunFiles, timeout: float) -> RunLock | None:
     """The lock, once whoever holds it is gone; ``None`` after ``timeout``."""
     deadline = time.monotonic() + timeout
-    while (lock := RunLock.try_acquire(files.lock)) is None:
+    while (lock := RunLock.try_acquire(files.lock, files.owners)) is None:
         if time.monotonic() > deadline:
             return None
         time.sleep(POLL_INTERVAL)
     return lock
-
-
-def _wait_until_gone(files: RunFiles, timeout: float) -> bool:
-    """Whether the lock holder died within ``timeout`` (judged by the lock, so a
-    dead daemon not yet reaped counts as gone)."""
-    deadline = time.monotonic() + timeout
-    while _inspect(files).liveness in (Liveness.RUNNING, Liveness.STARTING):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL_INTERVAL)
-    return True
 
 
 def _remove_stale_files(claim: Claim) -> None:
@@ -365,8 +511,11 @@ def _open_daemon_log(config: Config, account: Account | None) -> logging.Handler
         return logs.open_syslog(config.syslog_prefix, config.syslog_address)
     logfile = config.daemon_logfile
     assert logfile is not None
-    privileges.ensure_directory(logfile.parent, account, "its log file")
-    return logs.open_log_file(logfile, config.log_max_bytes, config.log_backups)
+    if logfile != pathlib.Path(os.devnull):  # discarding needs no directory of its own
+        privileges.ensure_directory(logfile.parent, account, "its log file")
+    owners = Owners.of_account(None if account is None else account.uid)
+    return logs.open_log_file(logfile, config.log_max_bytes, config.log_backups,
+                              allowed_owners=owners.uids)
 
 
 def _open_foreground_log(config: Config, account: Account | None) -> logging.Handler:

@@ -9,9 +9,13 @@ line, inside the jail or not.
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
+import secrets
 import stat
+
+TEMPORARY_NAME_TRIES = 100
 
 
 class DirectoryHandle:
@@ -47,9 +51,14 @@ class DirectoryHandle:
 
     def write_atomically(self, name: str, data: bytes) -> None:
         """Write to a temporary file, then rename it: readers, and a crash,
-        see the old file or the new one, never half of one."""
-        temporary = f".{name}.tmp"
-        fd = self.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        see the old file or the new one, never half of one.
+
+        The temporary file is created exclusively under a name nobody can
+        guess: in a shared directory such as /tmp, a file another user made
+        in advance under a fixed name would be written through, renamed into
+        place and so become theirs.
+        """
+        fd, temporary = self._create_temporary(name)
         try:
             with os.fdopen(fd, "wb") as stream:
                 stream.write(data)
@@ -59,6 +68,18 @@ class DirectoryHandle:
         except BaseException:
             self.unlink(temporary)
             raise
+
+    def _create_temporary(self, name: str) -> tuple[int, str]:
+        """A new file of this process's own, and its name."""
+        for _ in range(TEMPORARY_NAME_TRIES):
+            temporary = f".{name}.{secrets.token_hex(8)}.tmp"
+            try:
+                fd = self.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+            return fd, temporary
+        raise FileExistsError(errno.EEXIST, "no unused temporary file name",
+                              str(self.path / name))
 
     def close(self) -> None:
         if self.fd >= 0:

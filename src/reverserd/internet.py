@@ -10,14 +10,16 @@ from typing import Any, Self
 
 from reverserd.addresses import format_address
 from reverserd.errors import UserError, os_reason
+from reverserd.config import MAX_LINE_LENGTH, parse_interface
+from reverserd.limits import DEFAULT_BACKLOG, DEFAULT_SHUTDOWN_TIMEOUT, MAX_BACKLOG, MAX_SECONDS
 from reverserd.persist import StateError, StateReader, restorable, state_type
+from reverserd.policy import ConnectionPolicy
 from reverserd.protocol import LineHandler
 from reverserd.service import MultiService, Service
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKLOG = 128
-DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
 
 
 def bind_listening_socket(interface: str, port: int, backlog: int,
@@ -37,6 +39,8 @@ def bind_listening_socket(interface: str, port: int, backlog: int,
     except socket.gaierror as error:
         reason = (error.strerror or str(error)).lower()
         raise UserError(f"cannot listen on {where}: {reason}") from None
+    except UnicodeError as error:  # a host name the IDNA codec refuses
+        raise UserError(f"cannot listen on {where}: invalid host name ({error})") from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,6 +55,15 @@ def bind_listening_socket(interface: str, port: int, backlog: int,
     return sock
 
 
+def kernel_backlog_limit() -> int | None:
+    """``net.core.somaxconn``: the kernel silently caps every listen backlog to it."""
+    try:
+        with open(SOMAXCONN, encoding="ascii") as setting:
+            return int(setting.read(32))
+    except (OSError, ValueError):
+        return None
+
+
 @restorable
 class TCPServer(Service):
     """Serves ``handler_class`` on one TCP port.
@@ -59,6 +72,13 @@ class TCPServer(Service):
     can be taken before root is given up. ``stop_service`` stops accepting,
     lets every connection answer the lines it already received, and closes
     what is still open after ``shutdown_timeout`` seconds.
+
+    ``start_server`` is given a duplicate of the bound socket, never the
+    socket itself: closing that server to stop accepting for a while (at the
+    connection cap, after a failed accept) then leaves the bound socket, and
+    the connections queued on it, untouched until accepting resumes on a
+    fresh duplicate. ``policy`` (the process's ``ConnectionPolicy``) decides
+    when.
 
     ``lines_served`` counts the lines answered over the server's whole life,
     across restarts from a state file.
@@ -84,6 +104,11 @@ class TCPServer(Service):
         self.shutdown_timeout = shutdown_timeout
         self._socket: socket.socket | None = None
         self._server: asyncio.Server | None = None
+        self._accept_socket: socket.socket | None = None  # the duplicate _server accepts on
+        self._accepting = False  # wanted; _server may still be starting
+        self._accept_generation = 0  # so that only the latest resume's server is kept
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while serving
+        self.policy: ConnectionPolicy | None = None  # the process's; a default one if unset
         self._connections: dict[LineHandler, asyncio.StreamWriter] = {}
         self._all_closed: asyncio.Future[None] | None = None  # awaited while stopping
         self._lines_before = 0  # by connections now closed, and before a restore
@@ -119,16 +144,18 @@ class TCPServer(Service):
 
     @classmethod
     def restore_state(cls, state: StateReader) -> Self:
-        port = state.integer("port")
-        if port > 65535:
-            raise StateError(f"{state.where}: 'port' must be at most 65535, not {port}")
+        try:
+            interface = parse_interface(state.text("interface"))
+        except ValueError as error:
+            raise StateError(f"{state.where}: 'interface': {error}") from None
         server = cls(
-            port,
+            state.integer("port", maximum=65535),
             state.restorable_class("handler", LineHandler),
-            state.text("interface"),
-            state.integer("backlog", minimum=1, default=DEFAULT_BACKLOG),
-            max_line_length=state.optional_integer("max_line_length", minimum=1),
-            shutdown_timeout=state.number("shutdown_timeout"),
+            interface,
+            state.integer("backlog", minimum=1, maximum=MAX_BACKLOG, default=DEFAULT_BACKLOG),
+            max_line_length=state.optional_integer("max_line_length", minimum=1,
+                                                   maximum=MAX_LINE_LENGTH),
+            shutdown_timeout=state.number("shutdown_timeout", maximum=MAX_SECONDS),
         )
         server._lines_before = state.integer("lines_served", default=0)
         return server
@@ -149,6 +176,10 @@ class TCPServer(Service):
     def privileged_start_service(self) -> None:
         super().privileged_start_service()
         if self._socket is None:
+            limit = kernel_backlog_limit()
+            if limit is not None and self.backlog > limit:
+                log.info("listen backlog %d capped at the kernel's net.core.somaxconn, %d",
+                         self.backlog, limit)
             self._socket = bind_listening_socket(self.interface, self.port, self.backlog,
                                                  self.reuse_port)
             self._listened_port = self.address[1]
@@ -163,22 +194,73 @@ class TCPServer(Service):
         """Serve on ``sock`` (a replica) instead of the socket bound first."""
         self._socket = sock
 
+    @property
+    def where(self) -> str:
+        return format_address(*self.address)
+
+    def connections(self) -> list[LineHandler]:
+        """The open connections, as a list the caller may close them from."""
+        return list(self._connections)
+
     async def start_service(self) -> None:
         if self._socket is None:
             self.privileged_start_service()
-        self._server = await asyncio.start_server(
-            self._adopt, sock=self._socket, backlog=self.backlog
-        )
+        self._loop = asyncio.get_running_loop()
+        if self.policy is None:
+            self.policy = ConnectionPolicy()
+        self._accepting = True
+        await self._accept_on_duplicate(self._accept_generation)
+        self.policy.attach(self)
         await super().start_service()
-        log.info("listening on %s", format_address(*self.address))
+        log.info("listening on %s", self.where)
+
+    async def _accept_on_duplicate(self, generation: int) -> None:
+        assert self._socket is not None
+        accept_socket = self._socket.dup()
+        server = await asyncio.start_server(self._adopt, sock=accept_socket,
+                                            backlog=self.backlog)
+        if generation != self._accept_generation or not self._accepting:
+            server.close()  # paused, or resumed again, while this one started
+            return
+        self._server, self._accept_socket = server, accept_socket
+
+    def pause_accepting(self) -> None:
+        """Stop accepting; clients keep queueing on the bound socket meanwhile."""
+        self._accepting = False
+        self._accept_generation += 1
+        if self._server is not None:
+            self._server.close()
+        self._server = self._accept_socket = None
+
+    def resume_accepting(self) -> None:
+        """Accept again, unless stopping, already accepting or at the cap."""
+        if self._accepting or self._socket is None or self._loop is None \
+                or self._all_closed is not None or (self.policy is not None and not self.policy.may_accept):
+            return
+        self._accepting = True
+        self._accept_generation += 1
+        self._loop.create_task(self._accept_on_duplicate(self._accept_generation))
+
+    def accepts_on(self, fileno: int) -> bool:
+        return self._accept_socket is not None and self._accept_socket.fileno() == fileno
+
+    def check_accepting(self, policy: ConnectionPolicy, now: float) -> None:
+        """Revive a listener the event loop dropped: uvloop closes a server
+        whose accept failed (ENOBUFS, ENOMEM) without a word, which would lock
+        every new client out for good. Its duplicate socket shows it: closed."""
+        if self._accept_socket is not None and self._accept_socket.fileno() == -1:
+            policy.starve(self.where, "the event loop dropped the listener after a "
+                          "failed accept", now)
 
     async def stop_service(self) -> None:
         await super().stop_service()
-        if self._server is None:
+        if self._loop is None or self.policy is None:  # never started
             self._close_socket()
             return
-        where = format_address(*self.address)
-        self._server.close()
+        where = self.where
+        self.pause_accepting()
+        self._close_socket()  # from now on the kernel refuses newcomers
+        self.policy.detach(self)
         try:
             await self._finish_connections()
         except asyncio.CancelledError:
@@ -186,9 +268,6 @@ class TCPServer(Service):
                         len(self._connections))
             self._abort_all()
             raise
-        await self._server.wait_closed()
-        self._server = None
-        self._socket = None
         served = self.lines_served
         log.info("stopped listening on %s; %d line%s served in all", where, served,
                  "" if served == 1 else "s")
@@ -244,12 +323,17 @@ class TCPServer(Service):
         transport.set_protocol(handler)
         self._connections[handler] = writer
         handler.connection_made(transport)
-        if self._all_closed is not None:
+        assert self.policy is not None and self._loop is not None
+        if not self.policy.admit(handler, transport, self._loop.time(), self):
+            transport.close()
+        elif self._all_closed is not None:
             handler.request_stop()
 
     def _forget(self, handler: LineHandler) -> None:
         del self._connections[handler]
         self._lines_before += handler.lines_answered
+        assert self.policy is not None and self._loop is not None
+        self.policy.release(handler, self._loop.time())
         if not self._connections and self._all_closed is not None \
                 and not self._all_closed.done():
             self._all_closed.set_result(None)

@@ -22,6 +22,7 @@ from reverserd.internet import listening_sockets, tcp_servers
 from reverserd.jail import Jail
 from reverserd.loops import LoopFactory
 from reverserd.pidfile import Claim
+from reverserd.policy import Limits
 from reverserd.privileges import Account
 from reverserd.process_name import DEFAULT as DEFAULT_PROCESS_NAME
 from reverserd.process_name import set_process_name
@@ -51,6 +52,8 @@ class Launch:
     jail: Jail | None
     state_directory: DirectoryHandle | None
     loop: tuple[str, LoopFactory]
+    limits: Limits
+    worker_timeout: float
     worker_sockets: list[list[socket.socket]] | None = None
 
     def keep_fds(self) -> list[int]:
@@ -81,9 +84,9 @@ class Launch:
         supervisor = None
         if self.worker_sockets is not None:
             supervisor = workers.Supervisor(self.application, self.worker_sockets, claim,
-                                            self.loop[1])
+                                            self.loop[1], self.worker_timeout)
         runner.run(self.application, claim, on_ready, self.state_directory, self.loop,
-                   supervisor)
+                   supervisor, self.limits)
 
     def close(self) -> None:
         if self.state_directory is not None:
@@ -121,12 +124,17 @@ def prepare(config: Config, claim: Claim | None, jail: Jail | None,
         if state_directory is not None:
             state_directory.close()
         raise
-    return Launch(app, account, jail, state_directory, loop, worker_sockets)
+    limits = Limits(config.max_connections, config.max_connections_per_peer,
+                    config.idle_timeout, config.write_timeout)
+    return Launch(app, account, jail, state_directory, loop, limits, config.worker_timeout,
+                  worker_sockets)
 
 
 def _hand_over_run_files(claim: Claim | None, account: Account) -> None:
     """Let the account keep its pidfile, lock and log usable once root is gone."""
     log_file = logs.installed_log_file()
+    if log_file is not None and log_file.discards:
+        log_file = None  # /dev/null: nothing to keep writable, nothing to give away
     if claim is not None:
         privileges.ensure_directory(claim.files.pidfile.parent, account,
                                     "its pidfile and lock file")

@@ -11,18 +11,27 @@
     open file, so ``start`` takes it before forking and the daemon keeps it.
 ``reverserd.pid.state``
     What the daemon reports once it serves: pid, start time, addresses.
+
+These files may sit in a directory other users can write, such as /tmp, so
+none is taken on trust: each is opened without following a symbolic link and
+without blocking (a FIFO in its place must hang nobody), read up to a small
+limit, and refused, by name, unless it is a regular file owned by someone
+who may speak for the daemon (``Owners``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import fcntl
 import json
+import math
 import os
 import pathlib
 import stat
 import time
+from typing import Any
 
 import lockfile
 from daemon.pidfile import TimeoutPIDLockFile
@@ -30,12 +39,119 @@ from daemon.pidfile import TimeoutPIDLockFile
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
 
+OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+PIDFILE_BYTES = 64  # a pid and a newline, with room to spare
+STATE_BYTES = 1 << 20  # a state file names a few addresses and workers: far less than this
+PID_MAX_LIMIT = 4_194_304  # Linux never hands out a larger pid
+
+
+class RunFileRefused(UserError):
+    """A run file that is not what a daemon would have left there.
+
+    ``owner`` is set when the file was refused for its owner alone.
+    """
+
+    def __init__(self, kind: str, path: pathlib.Path, reason: str,
+                 owner: int | None = None) -> None:
+        super().__init__(f"refusing {kind} {path}: {reason}")
+        self.kind = kind
+        self.path = path
+        self.reason = reason
+        self.owner = owner
+
+
+@dataclasses.dataclass(frozen=True)
+class Owners:
+    """Who may own a run file.
+
+    A file owned by anyone else may have been planted by them in a shared
+    directory, to make ``status`` lie or to hold the lock; it is refused.
+    The directory's owner, when trusted, is so because they may replace any
+    file in it anyway.
+    """
+
+    uids: frozenset[int]
+    who: str  # how a refusal names the trusted owners
+    directory_owner: bool = False
+
+    @classmethod
+    def of_account(cls, uid: int | None) -> Owners:
+        """Root, whoever runs this command, the daemon's ``--user`` and the
+        directory's owner: for the pidfile and the lock file."""
+        uids = {0, os.geteuid()} | (set() if uid is None else {uid})
+        return cls(frozenset(uids),
+                   "root, this user, the daemon's user or the directory's owner", True)
+
+    @classmethod
+    def of_daemon(cls, uid: int | None) -> Owners:
+        """Root and the account the lock holder runs as: for the state file,
+        which the daemon writes once it has given up root."""
+        if uid is None or uid == 0:
+            return cls(frozenset({0}), "root, as the daemon is")
+        return cls(frozenset({0, uid}), f"root or the daemon's user (uid {uid})")
+
+    def check(self, kind: str, path: pathlib.Path, found: os.stat_result) -> None:
+        """Refuse ``path`` unless ``found``, its status, is a regular file of ours."""
+        if stat.S_ISLNK(found.st_mode):
+            raise RunFileRefused(kind, path, "it is a symbolic link")
+        if not stat.S_ISREG(found.st_mode):
+            raise RunFileRefused(kind, path, "it is not a regular file")
+        if found.st_uid in self.uids:
+            return
+        if self.directory_owner and found.st_uid == _directory_owner(path):
+            return
+        raise RunFileRefused(kind, path, f"owned by uid {found.st_uid}, who is not {self.who}",
+                             found.st_uid)
+
+
+def _directory_owner(path: pathlib.Path) -> int | None:
+    try:
+        return path.parent.stat().st_uid
+    except OSError:
+        return None
+
+
+def open_run_file(kind: str, path: pathlib.Path, owners: Owners) -> int | None:
+    """A descriptor to read ``path`` through, once it proved acceptable;
+    ``None`` when there is no such file. Never blocks, never follows a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RunFileRefused(kind, path, "it is a symbolic link") from None
+        raise
+    try:
+        owners.check(kind, path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_run_file(kind: str, path: pathlib.Path, owners: Owners, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of ``path``; ``None`` when there is no such file."""
+    fd = open_run_file(kind, path, owners)
+    if fd is None:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < limit and (chunk := os.read(fd, limit - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
 
 @dataclasses.dataclass(frozen=True)
 class RunFiles:
-    """The three files of one daemon, named after its pidfile."""
+    """The three files of one daemon, named after its pidfile, and who may own them."""
 
     pidfile: pathlib.Path
+    owners: Owners = dataclasses.field(default_factory=lambda: Owners.of_account(None))
 
     @property
     def lock(self) -> pathlib.Path:
@@ -49,23 +165,22 @@ class RunFiles:
         """Refuse a pidfile path that could only be misused, before anything runs.
 
         A symlink could make the daemon write or delete a file elsewhere; a
-        directory or device is never a pidfile.
+        directory or device is never a pidfile; a file another user owns may
+        have been planted.
         """
         directory = self.pidfile.parent
         if not directory.is_dir():
             raise UserError(f"cannot use pidfile {self.pidfile}: "
                             f"directory {directory} does not exist")
-        for path in (self.pidfile, self.lock, self.state):
+        for kind, path in (("pidfile", self.pidfile), ("lock file", self.lock),
+                           ("state file", self.state)):
             try:
-                mode = path.lstat().st_mode
+                found = path.lstat()
             except FileNotFoundError:
                 continue
             except OSError as error:
                 raise UserError(f"cannot use pidfile {path}: {os_reason(error)}") from None
-            if stat.S_ISLNK(mode):
-                raise UserError(f"refusing pidfile {path}: it is a symbolic link")
-            if not stat.S_ISREG(mode):
-                raise UserError(f"refusing pidfile {path}: it is not a regular file")
+            self.owners.check(kind, path, found)
 
 
 class RunLock:
@@ -81,38 +196,57 @@ class RunLock:
         self.fd = fd
 
     @classmethod
-    def try_acquire(cls, path: pathlib.Path) -> RunLock | None:
+    def try_acquire(cls, path: pathlib.Path, owners: Owners) -> RunLock | None:
         """The lock, or ``None`` when someone else holds it.
 
-        The holder unlinks the file on release, so a lock taken on a file that
-        was unlinked meanwhile is worthless: take it again on the new file.
+        A lock file ``owners`` refuse is refused at once, held or not: its
+        owner could remove it and so let a second daemon start. The holder
+        unlinks the file on release, so a lock taken on a file that was
+        unlinked meanwhile is worthless: take it again on the new file.
         """
         try:
             directory = DirectoryHandle(path.parent)
         except OSError as error:
             raise UserError(f"cannot create lock file {path} (next to the pidfile): "
                             f"{os_reason(error)}") from None
-        for _ in range(100):
-            try:
-                fd = directory.open(path.name, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as error:
-                directory.close()
-                raise UserError(f"cannot create lock file {path} (next to the pidfile): "
-                                f"{os_reason(error)}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        try:
+            for _ in range(100):
+                fd = cls._open(directory, path, owners)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    directory.close()
+                    return None
+                on_disk = directory.lstat(path.name)
+                held = os.fstat(fd)
+                if on_disk is not None and (held.st_dev, held.st_ino) == (on_disk.st_dev,
+                                                                           on_disk.st_ino):
+                    return cls(directory, path.name, fd)
                 os.close(fd)
-                directory.close()
-                return None
-            on_disk = directory.lstat(path.name)
-            held = os.fstat(fd)
-            if on_disk is not None and (held.st_dev, held.st_ino) == (on_disk.st_dev,
-                                                                       on_disk.st_ino):
-                return cls(directory, path.name, fd)
-            os.close(fd)
+        except BaseException:
+            directory.close()
+            raise
         directory.close()
         raise UserError(f"cannot take lock file {path}: it keeps being replaced")
+
+    @staticmethod
+    def _open(directory: DirectoryHandle, path: pathlib.Path, owners: Owners) -> int:
+        try:
+            fd = directory.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise RunFileRefused("lock file", path, "it is a symbolic link") from None
+            if error.errno in (errno.EISDIR, errno.ENXIO):
+                raise RunFileRefused("lock file", path, "it is not a regular file") from None
+            raise UserError(f"cannot create lock file {path} (next to the pidfile): "
+                            f"{os_reason(error)}") from None
+        try:
+            owners.check("lock file", path, os.fstat(fd))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def keep_fds(self) -> list[int]:
         """Descriptors a daemon must inherit to go on holding this lock."""
@@ -133,15 +267,14 @@ class RunLock:
         self.directory.close()
 
 
-def lock_is_held(path: pathlib.Path) -> bool:
+def lock_is_held(path: pathlib.Path, owners: Owners) -> bool:
     """Whether a live process holds the lock (``PermissionError`` if we may not look).
 
     A shared, non-blocking probe: it never waits, and while it lasts (a few
     microseconds) a competing ``start`` simply tries again.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+    fd = open_run_file("lock file", path, owners)
+    if fd is None:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -152,24 +285,31 @@ def lock_is_held(path: pathlib.Path) -> bool:
     return False
 
 
-def read_pid(path: pathlib.Path) -> int | None:
-    """The pid in a pidfile; ``None`` when there is no file or no number in it."""
-    try:
-        text = path.read_text(encoding="ascii", errors="replace")
-    except FileNotFoundError:
+def read_pid(path: pathlib.Path, owners: Owners) -> int | None:
+    """The pid in a pidfile; ``None`` when there is no file or no pid in it."""
+    content = read_run_file("pidfile", path, owners, PIDFILE_BYTES)
+    if content is None:
         return None
-    first_line = text.strip().split("\n", 1)[0]
-    return int(first_line) if first_line.isdigit() and int(first_line) > 0 else None
+    first_line = content.strip().split(b"\n", 1)[0]
+    if not first_line.isdigit():
+        return None
+    pid = int(first_line)
+    return pid if 0 < pid <= PID_MAX_LIMIT else None
 
 
 @dataclasses.dataclass(frozen=True)
 class WorkerState:
-    """One worker process of a daemon with ``--workers``."""
+    """One worker process of a daemon with ``--workers``.
+
+    ``last_exit`` says how its previous process ended, when that is worth
+    telling (``killed after 30 s without a heartbeat``).
+    """
 
     number: int
     pid: int
     started: float
     restarts: int = 0
+    last_exit: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +318,8 @@ class DaemonState:
 
     ``refreshed`` is when the daemon last wrote it: ``status`` asks for a
     fresh copy (SIGUSR2) and waits for this to move past its request.
+    ``closed`` counts the connections a limit closed, by reason (``idle``,
+    ``write-timeout``, ...); ``paused`` the times accepting paused.
     """
 
     pid: int
@@ -186,6 +328,8 @@ class DaemonState:
     lines_served: int = 0
     refreshed: float = 0.0
     workers: tuple[WorkerState, ...] = ()
+    closed: dict[str, int] = dataclasses.field(default_factory=dict)
+    paused: int = 0
 
     def uptime(self) -> float:
         return max(0.0, time.time() - self.started)
@@ -194,19 +338,54 @@ class DaemonState:
         return json.dumps(dataclasses.asdict(self)).encode("utf-8")
 
 
-def read_state(path: pathlib.Path) -> DaemonState | None:
+def read_state(path: pathlib.Path, owners: Owners) -> DaemonState | None:
+    """The daemon's state file; ``None`` when it is missing, damaged or too big.
+
+    A file written by an older version lacks the newer fields, which default.
+    """
+    content = read_run_file("state file", path, owners, STATE_BYTES + 1)
+    if content is None or len(content) > STATE_BYTES:
+        return None
     try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-        return DaemonState(int(fields["pid"]), float(fields["started"]),
-                           tuple(str(address) for address in fields["addresses"]),
-                           int(fields.get("lines_served", 0)),
-                           float(fields.get("refreshed", 0.0)),
-                           tuple(WorkerState(int(worker["number"]), int(worker["pid"]),
-                                             float(worker["started"]),
-                                             int(worker["restarts"]))
-                                 for worker in fields.get("workers", ())))
-    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # not written yet, or written by something else: no report
+        return _state_from(json.loads(content))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return None  # written by something else: no report
+
+
+def _state_from(fields: Any) -> DaemonState:
+    return DaemonState(_pid(fields["pid"]), _moment(fields["started"]),
+                       tuple(_text(address) for address in fields["addresses"]),
+                       int(fields.get("lines_served", 0)),
+                       _moment(fields.get("refreshed", 0.0)),
+                       tuple(_worker_from(worker) for worker in fields.get("workers", ())),
+                       {_text(reason): int(number)
+                        for reason, number in fields.get("closed", {}).items()},
+                       int(fields.get("paused", 0)))
+
+
+def _worker_from(fields: Any) -> WorkerState:
+    return WorkerState(int(fields["number"]), _pid(fields["pid"]), _moment(fields["started"]),
+                       int(fields["restarts"]), _text(fields.get("last_exit", "")))
+
+
+def _pid(value: Any) -> int:
+    pid = int(value)
+    if not 0 < pid <= PID_MAX_LIMIT:
+        raise ValueError(f"not a pid: {pid}")
+    return pid
+
+
+def _moment(value: Any) -> float:
+    moment = float(value)
+    if not math.isfinite(moment):
+        raise ValueError(f"not a time: {moment}")
+    return moment
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"not text: {value!r}")
+    return value
 
 
 class Liveness(enum.Enum):
@@ -218,23 +397,41 @@ class Liveness(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Inspection:
-    """What the run files say, judged by the lock."""
+    """What the run files say, judged by the lock.
+
+    ``ignored`` says why a running daemon's state file was not believed
+    (``state`` is then ``None``).
+    """
 
     liveness: Liveness
     pid: int | None = None
     state: DaemonState | None = None
+    ignored: str = ""
 
 
 def inspect(files: RunFiles) -> Inspection:
-    """Whether a daemon runs, from its files; ``PermissionError`` if unreadable."""
-    held = lock_is_held(files.lock)
-    pid = read_pid(files.pidfile)
+    """Whether a daemon runs, from its files; ``PermissionError`` if unreadable,
+    ``RunFileRefused`` for a file that cannot be the daemon's.
+
+    The state file is believed only when the process holding the lock, or
+    root, owns it: anyone else who wrote it could make it say anything.
+    """
+    held = lock_is_held(files.lock, files.owners)
+    pid = read_pid(files.pidfile, files.owners)
     if not held:
         if os.path.lexists(files.pidfile):
             return Inspection(Liveness.STALE, pid)
         return Inspection(Liveness.ABSENT)
-    state = read_state(files.state)
-    if pid is not None and state is not None and state.pid == pid:
+    if pid is None or holds_open(pid, files.lock) is False:
+        return Inspection(Liveness.STARTING, pid)
+    try:
+        state = read_state(files.state, Owners.of_daemon(process_uid(pid)))
+    except RunFileRefused as refusal:
+        if refusal.owner is None:
+            raise
+        return Inspection(Liveness.RUNNING, pid,
+                          ignored=f"ignoring {refusal.kind} {refusal.path}: {refusal.reason}")
+    if state is not None and state.pid == pid:
         return Inspection(Liveness.RUNNING, pid, state)
     return Inspection(Liveness.STARTING, pid)
 
@@ -262,18 +459,65 @@ def holds_open(pid: int, path: pathlib.Path) -> bool | None:
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class Process:
+    """One process, told apart from a later one given the same pid by its
+    start time (clock ticks after boot, as /proc gives it)."""
+
+    pid: int
+    parent: int
+    started: int
+
+    def is_gone(self) -> bool:
+        """Whether it exited: no such pid, a zombie, or the pid reused."""
+        now = find_process(self.pid)
+        return now is None or now.started != self.started
+
+
+def _process_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat from the third (the state) on; ``None`` if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as status:
+            return status.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):  # gone, or reaped while read
+        return None
+
+
+def find_process(pid: int) -> Process | None:
+    """The live process ``pid`` is now; ``None`` if there is none, or a zombie."""
+    fields = _process_fields(pid)
+    if fields is None or fields[0] == b"Z":
+        return None
+    return Process(pid, int(fields[1]), int(fields[19]))
+
+
+def process_uid(pid: int) -> int | None:
+    """The effective uid of ``pid``; ``None`` if it is gone or hidden.
+
+    Read from /proc/PID/status: /proc/PID itself is owned by root for a
+    process that switched from root to another user.
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Uid:"):
+                    return int(line.split()[2])
+    except OSError:
+        pass  # then no state file but root's is believed
+    return None
+
+
 def describe_stale_pid(pid: int | None) -> str:
     """Why a pid in a pidfile whose lock is free is not our daemon."""
     if pid is None:
         return "no valid pid in it"
     try:
-        with open(f"/proc/{pid}/stat", "rb") as status:
-            process_state = status.read().rsplit(b")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return f"pid {pid} is gone"
-    except (OSError, IndexError):
+        fields = _process_fields(pid)
+    except OSError:
         return f"pid {pid} is not a running reverserd"
-    if process_state == b"Z":
+    if fields is None:
+        return f"pid {pid} is gone"
+    if fields[0] == b"Z":
         return f"pid {pid} is a dead process not yet reaped"
     return f"pid {pid} now belongs to another process"
 
@@ -304,7 +548,7 @@ class Claim:
         """
         reason = None
         if os.path.lexists(self.files.pidfile):
-            reason = describe_stale_pid(read_pid(self.files.pidfile))
+            reason = describe_stale_pid(read_pid(self.files.pidfile, self.files.owners))
         for path in (self.files.pidfile, self.files.state):
             try:
                 path.unlink(missing_ok=True)
@@ -333,13 +577,14 @@ class Claim:
             os.chown(self.files.pidfile, *owner, follow_symlinks=False)
 
     def write_state(self, addresses: tuple[str, ...], lines_served: int,
-                    workers: tuple[WorkerState, ...] = ()) -> None:
+                    workers: tuple[WorkerState, ...] = (),
+                    closed: dict[str, int] | None = None, paused: int = 0) -> None:
         """Say the daemon serves (first call) or refresh what it says."""
         now = time.time()
         if self._serving_since is None:
             self._serving_since = now
         state = DaemonState(os.getpid(), self._serving_since, addresses, lines_served, now,
-                            workers)
+                            workers, dict(closed or {}), paused)
         self.directory.write_atomically(self.files.state.name, state.to_json())
 
     def release(self) -> None:

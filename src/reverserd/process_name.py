@@ -25,6 +25,9 @@ def set_process_name(name: str) -> None:
 
 
 def end_with_parent() -> None:
-    """Have the kernel send SIGTERM when the parent process dies, so a worker
-    never outlives the main process that owns the pidfile."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    """Have the kernel kill this process when its parent dies, so a worker
+    never outlives the main process that owns the pidfile. SIGKILL, not
+    SIGTERM: a stopped or wedged worker would never act on a SIGTERM, and
+    the main process only dies without stopping its workers when it is
+    killed itself."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

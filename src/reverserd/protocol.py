@@ -66,12 +66,19 @@ class LineHandler(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_buffered_seen",
         "_closing",
         "_limit",
         "_partial",
+        "_progress_seen",
+        "_quiet_since",
+        "_stalled_since",
         "_stopping",
+        "close_reason",
         "lines_answered",
+        "lines_unanswered",
         "on_closed",
+        "peer_key",
         "transport",
     )
 
@@ -88,7 +95,10 @@ class LineHandler(asyncio.Protocol):
                  on_closed: Callable[[LineHandler], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.lines_answered = 0
+        self.lines_unanswered = 0  # lines that got no reply: they still count as activity
         self.on_closed = on_closed
+        self.close_reason: str | None = None  # the limit that closed it, if one did
+        self.peer_key: str | None = None  # the address counted against a per-peer limit
         self._limit = self.max_line_length if max_line_length is None else max_line_length
         self._partial = b""
         self._closing = False
@@ -159,6 +169,53 @@ class LineHandler(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def watched_since(self, now: float) -> None:
+        """Start the idle and write clocks (see ``overdue``)."""
+        self._progress_seen = 0
+        self._quiet_since = self._stalled_since = now
+        self._buffered_seen = 0
+
+    def overdue(self, now: float, idle_timeout: float, write_timeout: float) -> str | None:
+        """Which limit, if any, this connection has outlasted; called about once a second.
+
+        Write: replies wait in the transport's buffer, which has not shrunk
+        for ``write_timeout`` seconds: the peer takes nothing. Such a
+        connection is not idle, whatever it sends: reading pauses while the
+        peer does not read. Idle: no line completed for ``idle_timeout``
+        seconds (0: never).
+        """
+        assert self.transport is not None
+        buffered = self.transport.get_write_buffer_size()
+        if buffered:
+            if buffered < self._buffered_seen:
+                self._stalled_since = now
+            elif now - self._stalled_since >= write_timeout:
+                return "write-timeout"
+            self._buffered_seen = buffered
+            self._quiet_since = now
+            return None
+        self._stalled_since = now
+        self._buffered_seen = 0
+        progress = self.lines_answered + self.lines_unanswered
+        if progress != self._progress_seen:
+            self._progress_seen = progress
+            self._quiet_since = now
+        elif idle_timeout and now - self._quiet_since >= idle_timeout and not self._closing:
+            return "idle"
+        return None
+
+    def close_for(self, reason: str) -> None:
+        """Close on a limit: an idle one after its last replies, a stalled one at once."""
+        if self.transport is None or self.close_reason is not None:
+            return
+        self.close_reason = reason
+        log.debug("closing connection from %s: %s", self.peer, reason)
+        if reason == "idle":
+            self.lose_connection()
+            self.transport.close()
+        else:
+            self.transport.abort()
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass it
         if log.isEnabledFor(logging.DEBUG):
@@ -207,7 +264,8 @@ class LineHandler(asyncio.Protocol):
         try:
             self._answer(data, replies)
         except LineTooLong as error:
-            log.warning("closing connection from %s: %s", self.peer, error)
+            log.debug("closing connection from %s: %s", self.peer, error)
+            self.close_reason = "line-too-long"
             self._closing = True
         except Exception:
             log.exception("handler %s failed on input from %s; closing that connection",
@@ -253,6 +311,8 @@ class LineHandler(asyncio.Protocol):
             if reply is not None:
                 replies += (reply, ending)
                 self.lines_answered += 1
+            else:
+                self.lines_unanswered += 1
             if self._closing:
                 return
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -18,9 +19,16 @@ from typing import Protocol
 from reverserd import __version__, logs, persist
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
-from reverserd.internet import lines_served, listening_addresses
+from reverserd.internet import lines_served, listening_addresses, tcp_servers
 from reverserd.loops import LoopFactory
 from reverserd.pidfile import Claim
+from reverserd.policy import (
+    SWEEP_INTERVAL,
+    ConnectionPolicy,
+    Limits,
+    connection_cap,
+    raise_descriptor_limit,
+)
 from reverserd.service import Application
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,7 @@ HANDLED_SIGNALS = (*STOP_SIGNALS, *REOPEN_SIGNALS, REFRESH_SIGNAL)
 
 PYTHON_VERSION = "{}.{}.{}".format(*sys.version_info)  # what platform gives, without its import
 ReadyCallback = Callable[[tuple[str, ...]], None]
+TickCallback = Callable[[], None]
 
 
 class Supervise(Protocol):
@@ -40,7 +49,7 @@ class Supervise(Protocol):
     @property
     def workers(self) -> int: ...
 
-    def run(self, on_ready: ReadyCallback | None) -> None: ...
+    def run(self, on_ready: ReadyCallback | None, limits: Limits) -> None: ...
 
 
 class ApplicationFailed(UserError):
@@ -51,7 +60,7 @@ def run(application: Application, claim: Claim | None = None,
         on_ready: ReadyCallback | None = None,
         save_to: DirectoryHandle | None = None,
         loop: tuple[str, LoopFactory] = ("asyncio", asyncio.new_event_loop),
-        supervisor: Supervise | None = None) -> None:
+        supervisor: Supervise | None = None, limits: Limits | None = None) -> None:
     """Serve ``application`` until SIGTERM or SIGINT, then stop it gracefully.
 
     ``claim``'s state file is written once the application serves, and
@@ -60,15 +69,25 @@ def run(application: Application, claim: Claim | None = None,
     The claim's files are removed before ``stopped`` is logged, so that line
     really is the last word. With a ``supervisor``, this process leaves the
     serving to worker processes and only looks after them.
+
+    The open-file limit is raised here, and the connection cap fitted to it,
+    once for the whole daemon (workers inherit both).
     """
     loop_name, loop_factory = loop
     log.info("reverserd %s starting: Python %s, pid %d, application %s, %s loop%s",
              __version__, PYTHON_VERSION, os.getpid(), application.name,
              loop_name, "" if supervisor is None else f", {supervisor.workers} workers")
+    before, after = raise_descriptor_limit()
+    if after > before:
+        log.info("raised the open-file limit from %d to %d", before, after)
+    limits = limits or Limits()
+    limits = dataclasses.replace(limits, max_connections=connection_cap(limits.max_connections))
+    policy = ConnectionPolicy(limits)
 
     def write_state() -> None:
         if claim is not None:
-            claim.write_state(listening_addresses(application), lines_served(application))
+            claim.write_state(listening_addresses(application), lines_served(application),
+                              closed=policy.counts(), paused=policy.pauses)
 
     def announce(addresses: tuple[str, ...]) -> None:
         write_state()
@@ -76,11 +95,12 @@ def run(application: Application, claim: Claim | None = None,
             on_ready(addresses)
 
     try:
+        logs.raise_if_unwritable()  # a daemon whose log takes nothing must not start
         if supervisor is not None:
-            supervisor.run(on_ready)
+            supervisor.run(on_ready, limits)
         else:
             with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
-                loop_runner.run(serve(application, announce, write_state))
+                loop_runner.run(serve(application, announce, write_state, policy))
         if save_to is not None:
             _save(application, save_to)
     finally:
@@ -101,13 +121,33 @@ def _save(application: Application, directory: DirectoryHandle) -> None:
 
 
 async def serve(application: Application, on_ready: ReadyCallback | None = None,
-                on_refresh: Callable[[], None] | None = None) -> None:
+                on_refresh: Callable[[], None] | None = None,
+                policy: ConnectionPolicy | None = None,
+                on_tick: TickCallback | None = None) -> None:
     """Start ``application``, wait for a stop signal, stop it gracefully.
 
     A second stop signal cancels the graceful stop: connections still busy
-    are closed at once. SIGUSR2, once serving, calls ``on_refresh``.
+    are closed at once. SIGUSR2, once serving, calls ``on_refresh``. Every
+    listener of the tree answers to ``policy``; once serving, about once a
+    second, the policy sweeps the connections, the log checks its file,
+    and ``on_tick`` runs (a worker's heartbeat): all from the event loop, so
+    a stuck loop stops them all.
     """
     loop = asyncio.get_running_loop()
+    policy = policy or ConnectionPolicy()
+    for server in tcp_servers(application):
+        server.policy = policy
+    loop.set_exception_handler(policy.on_loop_exception)
+    ticking: asyncio.TimerHandle | None = None
+
+    def tick() -> None:
+        nonlocal ticking
+        ticking = loop.call_later(SWEEP_INTERVAL, tick)
+        policy.sweep(loop.time())
+        logs.tick()
+        if on_tick is not None:
+            on_tick()
+
     stop_requested = asyncio.Event()
     stopping: asyncio.Task[None] | None = None
     forced = False
@@ -143,6 +183,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
             await application.start_service()
         try:
             serving.set()
+            tick()
             if on_ready is not None:
                 on_ready(listening_addresses(application))
             await stop_requested.wait()
@@ -155,6 +196,8 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
                     if not forced:
                         raise
     finally:
+        if ticking is not None:
+            ticking.cancel()
         for signum in HANDLED_SIGNALS:
             loop.remove_signal_handler(signum)
 

@@ -9,8 +9,15 @@ process never runs an event loop: it waits for signals with
 ``sigtimedwait``, so nothing it does can be held up by a busy worker.
 
 Workers tell the main process they serve (``READY_SIGNAL``) and that they
-wrote their line counts into shared memory (``COUNTED_SIGNAL``); the main
-process adds the counts up for ``status`` and for the saved state.
+wrote their counts (lines, connections closed by a limit, accept pauses)
+into shared memory (``COUNTED_SIGNAL``); the main process adds the counts up
+for ``status`` and for the saved state. Each worker also stamps a heartbeat
+there once a second from its event loop: a worker whose loop is stuck, or
+which was stopped, goes silent, and after ``--worker-timeout`` seconds the
+main process kills it and starts another.
+
+Workers never hold the run lock: when the main process dies, however it
+dies, the lock is free and the next ``start`` can take over.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ import socket
 import struct
 import time
 
-from reverserd import runner
+from reverserd import logs, runner
 from reverserd.internet import listening_addresses, tcp_servers
+from reverserd.limits import DEFAULT_WORKER_TIMEOUT
 from reverserd.loops import LoopFactory
 from reverserd.pidfile import Claim, WorkerState
+from reverserd.policy import CLOSE_REASONS, SWEEP_INTERVAL, ConnectionPolicy, Limits
 from reverserd.process_name import end_with_parent, set_process_name
 from reverserd.service import Application
 
@@ -49,35 +58,48 @@ class WorkersFailed(runner.ApplicationFailed):
     """Workers kept dying; the daemon stopped rather than loop for ever."""
 
 
-class LineCounts:
-    """Lines served, per worker slot and server, in memory the workers share.
+class SharedCounts:
+    """Counts and heartbeats per worker slot, in memory the workers share.
 
-    A worker writes how many lines it answered since it started; the main
-    process adds the counts of workers that died to ``retired``.
+    A slot's counts are the lines each server answered, then the
+    connections closed for each of ``CLOSE_REASONS``, then the accept
+    pauses, all since its worker started; the main process adds the counts
+    of workers that died to ``retired``. Heartbeats are ``CLOCK_MONOTONIC``
+    nanoseconds, a clock all processes share.
     """
 
     def __init__(self, slots: int, servers: int) -> None:
         self.servers = servers
-        self.memory = mmap.mmap(-1, max(1, slots * servers) * COUNT.size)
-        self.retired = [0] * servers
+        self.width = servers + len(CLOSE_REASONS) + 1
+        self.memory = mmap.mmap(-1, max(1, slots * self.width) * COUNT.size)
+        self.beats = mmap.mmap(-1, max(1, slots) * COUNT.size)
+        self.retired = [0] * self.width
 
     def write(self, slot: int, counts: list[int]) -> None:
         for index, value in enumerate(counts):
-            COUNT.pack_into(self.memory, (slot * self.servers + index) * COUNT.size, value)
+            COUNT.pack_into(self.memory, (slot * self.width + index) * COUNT.size, value)
 
     def read(self, slot: int) -> list[int]:
-        return [COUNT.unpack_from(self.memory, (slot * self.servers + index) * COUNT.size)[0]
-                for index in range(self.servers)]
+        return [COUNT.unpack_from(self.memory, (slot * self.width + index) * COUNT.size)[0]
+                for index in range(self.width)]
 
     def retire(self, slot: int) -> None:
         self.retired = [old + new for old, new in zip(self.retired, self.read(slot))]
-        self.write(slot, [0] * self.servers)
+        self.write(slot, [0] * self.width)
 
     def totals(self, slots: int) -> list[int]:
         totals = list(self.retired)
         for slot in range(slots):
             totals = [old + new for old, new in zip(totals, self.read(slot))]
         return totals
+
+    def beat(self, slot: int) -> None:
+        COUNT.pack_into(self.beats, slot * COUNT.size, time.monotonic_ns())
+
+    def silence(self, slot: int) -> float:
+        """Seconds since the slot's worker last stamped its heartbeat."""
+        stamped: int = COUNT.unpack_from(self.beats, slot * COUNT.size)[0]
+        return (time.monotonic_ns() - stamped) / 1e9
 
 
 @dataclasses.dataclass
@@ -89,6 +111,8 @@ class Worker:
     restarts: int = 0
     quick_deaths: int = 0
     restart_at: float | None = None  # monotonic time of a planned restart
+    killed_for: str = ""  # why the main process killed it, until it is reaped
+    last_exit: str = ""  # how the previous worker of this slot ended, for status
 
     @property
     def number(self) -> int:
@@ -120,14 +144,17 @@ class Supervisor:
     """The main process of a daemon with workers."""
 
     def __init__(self, application: Application, sockets: list[list[socket.socket]],
-                 claim: Claim | None, loop_factory: LoopFactory) -> None:
+                 claim: Claim | None, loop_factory: LoopFactory,
+                 worker_timeout: float = DEFAULT_WORKER_TIMEOUT) -> None:
         self.application = application
         self.sockets = sockets
         self.claim = claim
         self.loop_factory = loop_factory
+        self.worker_timeout = worker_timeout
+        self.limits = Limits()
         self.servers = tcp_servers(application)
         self.baseline = [server.lines_served for server in self.servers]
-        self.counts = LineCounts(len(sockets), len(self.servers))
+        self.counts = SharedCounts(len(sockets), len(self.servers))
         self.slots = [Worker(slot) for slot in range(len(sockets))]
         self.stopping = False
         self.announced = False
@@ -138,17 +165,17 @@ class Supervisor:
     def workers(self) -> int:
         return len(self.slots)
 
-    def run(self, on_ready: runner.ReadyCallback | None) -> None:
+    def run(self, on_ready: runner.ReadyCallback | None, limits: Limits) -> None:
         """Start the workers, keep them going, stop them all on SIGTERM."""
+        self.limits = limits
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED_SIGNALS)
         for worker in self.slots:
             self._start(worker)
         while not self.stopping or self._alive():
             info = signal.sigtimedwait(SUPERVISED_SIGNALS, self._timeout())
-            if info is None:
-                self._on_timer()
-            else:
+            if info is not None:
                 self._on_signal(info.si_signo, info.si_pid, on_ready)
+            self._on_timer()  # even when signals come faster than the timeout
         self._add_counts_to_application()
 
     def _alive(self) -> list[Worker]:
@@ -160,9 +187,11 @@ class Supervisor:
                    if worker.restart_at is not None]
         if self.waiting_for_counts:
             moments.append(self.counts_deadline)
-        return max(0.0, min(moments, default=now + 60.0) - now)
+        return max(0.0, min(moments, default=now + SWEEP_INTERVAL) - now)
 
     def _on_timer(self) -> None:
+        logs.tick()
+        self._kill_the_silent()
         now = time.monotonic()
         for worker in self.slots:
             if worker.restart_at is not None and worker.restart_at <= now:
@@ -172,6 +201,19 @@ class Supervisor:
         if self.waiting_for_counts and self.counts_deadline <= now:
             self.waiting_for_counts.clear()
             self._write_state()
+
+    def _kill_the_silent(self) -> None:
+        """SIGKILL a serving worker whose heartbeat stopped: its loop is stuck,
+        or it was stopped, and the clients the kernel gives it would hang."""
+        for worker in self.slots:
+            if worker.pid and worker.ready and not worker.killed_for:
+                silence = self.counts.silence(worker.slot)
+                if silence >= self.worker_timeout:
+                    worker.killed_for = f"killed after {silence:.0f} s without a heartbeat"
+                    try:
+                        os.kill(worker.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass  # died a moment ago; its SIGCHLD is on the way
 
     def _on_signal(self, signum: int, sender: int,
                    on_ready: runner.ReadyCallback | None) -> None:
@@ -235,10 +277,11 @@ class Supervisor:
                     self._on_death(worker, status)
 
     def _on_death(self, worker: Worker, status: int) -> None:
-        how = f"(pid {worker.pid}) {_describe_exit(status)}"
+        worker.last_exit = worker.killed_for or _describe_exit(status)
+        how = f"(pid {worker.pid}) {worker.last_exit}"
         lived = time.time() - worker.started
         was_ready = worker.ready
-        worker.pid, worker.ready = 0, False
+        worker.pid, worker.ready, worker.killed_for = 0, False, ""
         self.counts.retire(worker.slot)
         if self.stopping:
             log.info("worker %d %s", worker.number, how)
@@ -280,6 +323,8 @@ class Supervisor:
         try:
             end_with_parent()
             main = os.getppid()
+            if self.claim is not None:
+                self.claim.lock.close()  # only the main process holds the lock
             for other, sockets in enumerate(self.sockets):
                 if other != slot:
                     for sock in sockets:
@@ -290,9 +335,14 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGCHLD, READY_SIGNAL,
                                                         COUNTED_SIGNAL))
 
+            policy = ConnectionPolicy(self.limits)
+
             def write_counts() -> None:
-                self.counts.write(slot, [server.lines_served - before for server, before
-                                         in zip(self.servers, self.baseline)])
+                self.counts.write(slot, [
+                    *(server.lines_served - before
+                      for server, before in zip(self.servers, self.baseline)),
+                    *(policy.closed[reason] for reason in CLOSE_REASONS),
+                    policy.pauses])
 
             def report_counts() -> None:
                 write_counts()
@@ -301,7 +351,8 @@ class Supervisor:
             with asyncio.Runner(loop_factory=self.loop_factory) as loop_runner:
                 loop_runner.run(runner.serve(self.application,
                                              lambda _: os.kill(main, READY_SIGNAL),
-                                             report_counts))
+                                             report_counts, policy,
+                                             lambda: self.counts.beat(slot)))
             write_counts()
             return 0
         except runner.ApplicationFailed:
@@ -320,11 +371,16 @@ class Supervisor:
         if self.claim is None or not self.announced:
             return
         totals = self.counts.totals(self.workers)
-        workers = tuple(WorkerState(worker.number, worker.pid, worker.started, worker.restarts)
+        lines, closed = totals[:len(self.servers)], totals[len(self.servers):-1]
+        workers = tuple(WorkerState(worker.number, worker.pid, worker.started, worker.restarts,
+                                    worker.last_exit)
                         for worker in self.slots if worker.pid)
         try:
             self.claim.write_state(listening_addresses(self.application),
-                                   sum(self.baseline) + sum(totals), workers)
+                                   sum(self.baseline) + sum(lines), workers,
+                                   closed={reason: count for reason, count
+                                           in zip(CLOSE_REASONS, closed) if count},
+                                   paused=totals[-1])
         except OSError as error:
             log.warning("cannot write the state file: %s", error)
 

@@ -127,8 +127,8 @@ def test_syslog_receives_each_event_with_its_priority(daemons: DaemonDirectory) 
         syslog.bind(str(address))
         syslog.settimeout(15)
         daemon = daemons.start("--syslog", "--syslog-address", str(address),
-                               "--syslog-prefix", "revtest", "--max-line-length", "4")
-        assert talk(daemon.port, b"far too long") == b""
+                               "--syslog-prefix", "revtest", "--max-connections", "1")
+        assert talk(daemon.port, b"at the cap") == b"pac eht ta\n"
         daemons.stop()
         messages = []
         while not messages or not messages[-1].endswith(b"stopped\x00"):
@@ -138,7 +138,7 @@ def test_syslog_receives_each_event_with_its_priority(daemons: DaemonDirectory) 
     assert messages[0].startswith(
         f"<{daemon_info}>revtest[{daemon.pid}]: INFO reverserd.runner: reverserd ".encode())
     assert any(message.startswith(f"<{daemon_warning}>revtest[{daemon.pid}]: WARNING "
-                                  "reverserd.protocol: closing connection".encode())
+                                  "reverserd.policy: reached the cap".encode())
                for message in messages), messages
     assert not daemons.logfile.exists()
 

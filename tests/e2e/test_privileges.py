@@ -92,6 +92,23 @@ def test_nobody_on_a_privileged_port_keeps_its_files_usable(daemons: DaemonDirec
 
 
 @needs_root
+def test_nobody_may_discard_its_log_into_dev_null(daemons: DaemonDirectory) -> None:
+    pidfile = daemons.path / "run" / "reverserd.pid"
+    before = os.stat(os.devnull)
+    result = daemons.run("start", "--port", "0", "--user", "nobody", "--pidfile", str(pidfile),
+                         "--logfile", os.devnull)
+    assert result.returncode == 0, result
+    started = STARTED.search(result.stdout)
+    assert started, result
+    assert ids_of(int(started.group(1))) == nobody_ids()
+    after = os.stat(os.devnull)
+    assert (after.st_uid, after.st_gid, after.st_mode) == (before.st_uid, before.st_gid,
+                                                           before.st_mode)
+    stop = daemons.run("stop", "--pidfile", str(pidfile), "--user", "nobody")
+    assert stop.returncode == 0, stop
+
+
+@needs_root
 def test_nobody_in_the_foreground(reverserd, tmp_path: pathlib.Path) -> None:
     run = tmp_path / "run"
     process = reverserd("-n", "--port", "0", "-u", "nobody", "--pidfile",

@@ -108,7 +108,7 @@ def test_a_daemon_not_serving_within_the_start_timeout_is_killed(
     [
         (["--logfile", "missing/x.log"],
          "cannot open log file {dir}/missing/x.log: no such file or directory"),
-        (["--logfile", "."], "cannot open log file {dir}: is a directory"),
+        (["--logfile", "."], "refusing log file {dir}: it is a directory"),
         (["--pidfile", "missing/x.pid"],
          "cannot use pidfile {dir}/missing/x.pid: directory {dir}/missing does not exist"),
         (["--rundir", "missing"], "cannot use run directory {dir}/missing: no such directory"),

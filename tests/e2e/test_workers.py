@@ -18,7 +18,7 @@ from tests.e2e.daemons import Daemon, DaemonDirectory, is_alive, process_state, 
 from tests.e2e.support import DEADLINE, connect, receive_until_closed, wait_until
 
 WORKER_LINE = re.compile(r"^reverserd worker (\d+): pid (\d+), up [^,]+"
-                         r"(?:, restarted (\d+) times?)?$", re.MULTILINE)
+                         r"(?:, restarted (\d+) times?)?(?:, last: .*)?$", re.MULTILINE)
 
 
 def workers_of(daemons: DaemonDirectory) -> dict[int, tuple[int, int]]:
@@ -249,6 +249,24 @@ def test_saved_state_counts_the_lines_of_every_worker_across_restarts(
     assert state["application"]["services"][0]["state"]["lines_served"] == 8
 
 
+def holds_the_lock(pid: int, daemons: DaemonDirectory) -> bool:
+    lock = os.stat(daemons.path / "reverserd.pid.lock")
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (lock.st_dev, lock.st_ino):
+            return True
+    return False
+
+
+def test_only_the_main_process_holds_the_lock(daemons: DaemonDirectory) -> None:
+    daemon = daemons.start("--workers", "2")
+    assert holds_the_lock(daemon.pid, daemons)
+    assert not any(holds_the_lock(pid, daemons) for pid, _ in workers_of(daemons).values())
+
+
 def test_workers_end_when_the_main_process_is_killed(daemons: DaemonDirectory) -> None:
     daemon = daemons.start("--workers", "2")
     pids = [pid for pid, _ in workers_of(daemons).values()]
@@ -256,6 +274,46 @@ def test_workers_end_when_the_main_process_is_killed(daemons: DaemonDirectory) -
     for pid in pids:
         wait_until_dead(pid)
     assert daemons.run("status").returncode == 1  # the pidfile is left, its lock is free
+
+
+def test_a_stopped_worker_never_keeps_the_lock_once_the_main_process_died(
+        daemons: DaemonDirectory) -> None:
+    daemon = daemons.start("--workers", "2")
+    stopped, _ = workers_of(daemons)[1]
+    os.kill(stopped, signal.SIGSTOP)
+    os.kill(daemon.pid, signal.SIGKILL)
+    wait_until_dead(stopped)  # killed with its parent even while stopped
+    assert daemons.run("status").returncode == 1
+    assert exchange(daemons.start("--workers", "2").port) == b"cba\n"
+
+
+def test_a_worker_without_heartbeat_is_killed_and_replaced(daemons: DaemonDirectory) -> None:
+    daemon = daemons.start("--workers", "2", "--worker-timeout", "1")
+    wedged, _ = workers_of(daemons)[2]
+    os.kill(wedged, signal.SIGSTOP)
+    wait_until(lambda: workers_of(daemons).get(2, (wedged, 0))[0] != wedged,
+               "worker 2 to be replaced")
+    status = daemons.run("status").stdout
+    assert re.search(r"^reverserd worker 2: pid \d+, up \S+, restarted 1 time, last: killed "
+                     r"after \d+ s without a heartbeat$", status, re.MULTILINE), status
+    wait_until_dead(wedged)
+    replies = [exchange(daemon.port) for _ in range(40)]  # none lands on the wedged one
+    assert replies == [b"cba\n"] * 40
+    lines = [line for line in daemons.log_lines() if "without a heartbeat" in line]
+    assert len(lines) == 1 and re.search(
+        rf"WARNING reverserd\.workers: worker 2 \(pid {wedged}\) killed after \d+ s without "
+        r"a heartbeat; restarting it in 0\.0 s$", lines[0]), lines
+
+
+def test_stop_returns_only_once_every_worker_is_gone_even_a_stopped_one(
+        daemons: DaemonDirectory) -> None:
+    daemons.start("--workers", "2", "--stop-timeout", "2")
+    pids = [pid for pid, _ in workers_of(daemons).values()]
+    os.kill(pids[0], signal.SIGSTOP)
+    result = daemons.run("stop")
+    assert result.returncode == 0, result
+    assert not any(is_alive(pid) for pid in pids)
+    assert daemons.run("status").returncode == 3
 
 
 def test_sigusr1_to_the_main_process_makes_every_worker_reopen_the_log(

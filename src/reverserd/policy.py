@@ -1,0 +1,284 @@
+"""Connection policy: how many connections a serving process takes, and which it closes.
+
+One object per serving process decides, for every listener at once:
+
+- **the cap** (``--max-connections``): at the cap every listener stops
+  accepting, so newcomers wait in the kernel's queue instead of being
+  refused; below it, accepting resumes. One log line per episode.
+- **per peer** (``--max-connections-per-peer``): a client address over its
+  share is closed as soon as it is accepted.
+- **idle and slow clients** (``--idle-timeout``): a connection that completes
+  no line for that long is closed; bytes without a line end do not count, so
+  a slow-loris client is cut too.
+- **clients that do not read** (``--write-timeout``): a connection whose
+  peer has taken none of its replies for that long is aborted.
+- **accept failures** (out of descriptors or memory): existing connections
+  go on, accepting pauses and resumes by itself, and the log gets at most
+  one line per listener every ``ACCEPT_LOG_INTERVAL`` seconds. Running out
+  of descriptors is seen coming: the kernel hands out the lowest free
+  number, so a new connection numbered within ``FD_HEADROOM`` of the
+  open-file limit means the table is all but full. Accepting pauses then,
+  before any accept fails (uvloop would otherwise accept and reset every
+  waiting client), and resumes once a probe finds room again.
+
+Timers cost nothing per line: ``sweep`` runs about once a second and
+compares each connection's counters with what the last sweep saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import errno
+import logging
+import os
+import resource
+from typing import TYPE_CHECKING, Any
+
+from reverserd.limits import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_PEER,
+    DEFAULT_WRITE_TIMEOUT,
+)
+
+if TYPE_CHECKING:
+    from reverserd.internet import TCPServer
+    from reverserd.protocol import LineHandler
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL = 1.0  # seconds between two looks at every connection
+ACCEPT_LOG_INTERVAL = 10.0  # at most one accept-failure line per listener this often
+EPISODE_GAP = 10.0  # a cap reached again this soon after the last is the same episode
+SPARE_DESCRIPTORS = 32  # kept free beyond those open at start: logs, pipes, accepts in flight
+FD_HEADROOM = 16  # a connection numbered this close to the open-file limit pauses accepting
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+CLOSE_REASONS = ("idle", "write-timeout", "per-peer", "line-too-long")
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a serving process holds each connection to (see the module's docstring)."""
+
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise the soft open-file limit to the hard one; returns (before, after).
+
+    A soft limit below the hard one only protects against leaks, and a
+    server that caps its connections does not leak them; the default
+    soft limit of 1024 would otherwise be reached long before the cap.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+    return soft, hard
+
+
+def descriptors_in_use() -> int:
+    return len(os.listdir("/proc/self/fd")) - 1  # less the listing's own descriptor
+
+
+def descriptor_ceiling() -> int:
+    """The descriptor number from which the table counts as all but full."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_HEADROOM
+
+
+def has_room_below(ceiling: int) -> bool:
+    """Whether fewer than ``ceiling`` descriptors are open now.
+
+    Counted, not probed: the lowest free number may be a hole in an
+    otherwise full table. Only called while accepting is paused for want of
+    descriptors, about once a second.
+    """
+    try:
+        return descriptors_in_use() < ceiling
+    except OSError:  # not even one descriptor to list them with
+        return False
+
+
+def connection_cap(wanted: int) -> int:
+    """The most connections the open-file limit leaves room for, at most ``wanted``.
+
+    Warns, naming both numbers, when the limit is too low for ``wanted``.
+    """
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        room = soft - descriptors_in_use() - SPARE_DESCRIPTORS
+    except OSError:
+        room = soft - SPARE_DESCRIPTORS
+    if soft == resource.RLIM_INFINITY or wanted <= room:
+        return wanted
+    allowed = max(1, room)
+    log.warning("--max-connections %d needs more descriptors than the open-file limit "
+                "of %d allows; serving at most %d connections at once (raise the hard "
+                "limit: ulimit -Hn, or LimitNOFILE= under systemd)", wanted, soft, allowed)
+    return allowed
+
+
+class AcceptFailures:
+    """Counts failed accepts per listener and logs them at most every 10 s."""
+
+    def __init__(self) -> None:
+        self._unreported: collections.Counter[str] = collections.Counter()
+        self._last_logged: dict[str, float] = {}
+        self.total = 0
+
+    def record(self, where: str, reason: str, now: float) -> None:
+        self.total += 1
+        self._unreported[where] += 1
+        if now - self._last_logged.get(where, -ACCEPT_LOG_INTERVAL) >= ACCEPT_LOG_INTERVAL:
+            count = self._unreported.pop(where)
+            self._last_logged[where] = now
+            log.warning("cannot accept connections on %s: %s (%d time%s since the last "
+                        "report); accepting paused, retried every second", where, reason,
+                        count, "" if count == 1 else "s")
+
+
+class ConnectionPolicy:
+    """The limits of one serving process, applied to every listener it has."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self.max_connections = self.limits.max_connections
+        self.open = 0
+        self.closed: collections.Counter[str] = collections.Counter()
+        self.pauses = 0
+        self.accept_failures = AcceptFailures()
+        self._per_peer: dict[str, int] = {}
+        self._listeners: list[TCPServer] = []
+        self.at_cap = False
+        self.starved = False  # out of descriptors (or memory): paused until a probe finds room
+        self.fd_ceiling = descriptor_ceiling()
+        self._episode_ended = -EPISODE_GAP
+
+    @property
+    def may_accept(self) -> bool:
+        return not (self.at_cap or self.starved)
+
+    def attach(self, listener: TCPServer) -> None:
+        self._listeners.append(listener)
+        if not self.may_accept:
+            listener.pause_accepting()
+
+    def detach(self, listener: TCPServer) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def admit(self, handler: LineHandler, transport: asyncio.BaseTransport, now: float,
+              listener: TCPServer) -> bool:
+        """Count a new connection; ``False`` when its peer has too many already."""
+        self.open += 1
+        handler.watched_since(now)
+        if self.open >= self.max_connections and not self.at_cap:
+            self._pause(now)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.fileno() >= self.fd_ceiling:
+            self.starve(listener.where, f"fewer than {FD_HEADROOM} descriptors are left "
+                        f"below the open-file limit of {self.fd_ceiling + FD_HEADROOM}", now)
+        per_peer = self.limits.max_connections_per_peer
+        if per_peer:
+            peer = transport.get_extra_info("peername")
+            key = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+            handler.peer_key = key
+            self._per_peer[key] = held = self._per_peer.get(key, 0) + 1
+            if held > per_peer:
+                handler.close_reason = "per-peer"
+                log.debug("closing connection from %s: it has %d connections already, "
+                          "the most one address may hold", handler.peer, per_peer)
+                return False
+        return True
+
+    def release(self, handler: LineHandler, now: float) -> None:
+        """Forget a closed connection; resume accepting once below the cap."""
+        self.open -= 1
+        key = handler.peer_key
+        if key is not None:
+            left = self._per_peer[key] - 1
+            if left:
+                self._per_peer[key] = left
+            else:
+                del self._per_peer[key]
+        if handler.close_reason is not None:
+            self.closed[handler.close_reason] += 1
+        if self.at_cap and self.open < self.max_connections:
+            self.at_cap = False
+            self._episode_ended = now
+            log.debug("below the cap of %d connections again: accepting", self.max_connections)
+            self._resume_all()
+
+    def _pause(self, now: float) -> None:
+        self.at_cap = True
+        self.pauses += 1
+        if now - self._episode_ended >= EPISODE_GAP:
+            log.warning("reached the cap of %d connections: not accepting until some "
+                        "close (newcomers wait in the kernel's queue)", self.max_connections)
+        self._pause_all()
+
+    def starve(self, where: str, reason: str, now: float) -> None:
+        """Stop accepting for want of descriptors or memory; ``sweep`` resumes."""
+        self.accept_failures.record(where, reason, now)
+        if not self.starved:
+            self.starved = True
+            self.pauses += 1
+            self._pause_all()
+
+    def _pause_all(self) -> None:
+        for listener in self._listeners:
+            listener.pause_accepting()
+
+    def _resume_all(self) -> None:
+        for listener in self._listeners:
+            listener.resume_accepting()
+
+    def sweep(self, now: float) -> None:
+        """Close idle and slow connections; resume accepting once there is room."""
+        if self.starved and has_room_below(self.fd_ceiling):
+            self.starved = False
+            self._resume_all()
+        idle_timeout = self.limits.idle_timeout
+        write_timeout = self.limits.write_timeout
+        for listener in self._listeners:
+            listener.check_accepting(self, now)
+            for handler in listener.connections():
+                reason = handler.overdue(now, idle_timeout, write_timeout)
+                if reason is not None:
+                    handler.close_for(reason)
+
+    def on_loop_exception(self, loop: asyncio.AbstractEventLoop,
+                          context: dict[str, Any]) -> None:
+        """The event loop's exception handler: accept failures become one
+        counted line every 10 s, without a traceback; the rest as usual."""
+        error = context.get("exception")
+        if isinstance(error, OSError) and error.errno in RESOURCE_ERRORS \
+                and "accept" in context.get("message", ""):
+            where = self._listener_at(context.get("socket"))
+            # Not from in here: asyncio still has to finish with the listener
+            # whose accept failed, which ``starve`` would close under it.
+            loop.call_soon(self.starve, where, os.strerror(error.errno).lower(), loop.time())
+            return
+        if isinstance(error, ValueError) and "_start_serving" in context.get("message", ""):
+            # asyncio's own retry, a second after a failed accept, of a
+            # listener that ``starve`` closed meanwhile: it is served anew on resume.
+            return
+        loop.default_exception_handler(context)
+
+    def _listener_at(self, sock: object) -> str:
+        fileno = getattr(sock, "fileno", lambda: -1)()
+        for listener in self._listeners:
+            if listener.accepts_on(fileno):
+                return listener.where
+        return "a listener"
+
+    def counts(self) -> dict[str, int]:
+        """Connections closed by a limit so far, by reason."""
+        return {reason: self.closed[reason] for reason in CLOSE_REASONS if self.closed[reason]}
