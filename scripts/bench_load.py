@@ -110,7 +110,8 @@ def _pipelined(address: Address, connections: int, seconds: float) -> tuple[int,
                 if size == 0:
                     raise WrongReply("the server closed a pipelined connection")
                 offset = received[fd] % period
-                if buffer[:size] != REPLIES_TWICE[offset:offset + size]:  # memcmp; memoryviews compare slowly
+                # bytes compare with memcmp; memoryviews compare slowly
+                if buffer[:size] != REPLIES_TWICE[offset:offset + size]:
                     raise WrongReply(f"wrong bytes at offset {received[fd]}")
                 received[fd] += size
                 total += size

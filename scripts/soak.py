@@ -722,7 +722,7 @@ class Soak:
             stream.sent += 1
             try:
                 client.write(line.wire + b"quit\n")
-                await client.wait(lambda: client.ended, REPLY_DEADLINE)
+                await client.wait(lambda current=client: current.ended, REPLY_DEADLINE)
                 got = bytes(client.received)
                 if got == line.reply and client.ended:
                     stream.answered += 1
@@ -792,7 +792,7 @@ class Soak:
                 while self.running() and not client.ended:
                     client.write(b"x")
                     figures.bytes_sent += 1
-                    await client.wait(lambda: client.ended, SLOW_LORIS_INTERVAL)
+                    await client.wait(lambda current=client: current.ended, SLOW_LORIS_INTERVAL)
                 self.ended_hostile(figures, client, client.served_at)
             finally:
                 client.close(abort=True)
@@ -821,7 +821,7 @@ class Soak:
                             await asyncio.sleep(0 if sent < NON_READER_BUDGET else 0.5)
                             continue
                     stalled_since = client.paused_at
-                    await client.wait(lambda: client.ended or not client.paused,
+                    await client.wait(lambda current=client: current.ended or not current.paused,
                                       min(0.5, max(0.0, self.load_end - time.monotonic())))
                 figures.bytes_sent += sent
                 self.ended_hostile(figures, client, stalled_since)
@@ -840,7 +840,7 @@ class Soak:
             self.held += 1
             figures.most_held = max(figures.most_held, self.held)
             try:
-                await client.wait(lambda: client.ended,
+                await client.wait(lambda current=client: current.ended,
                                   max(0.0, self.load_end - time.monotonic()))
                 self.ended_hostile(figures, client, client.served_at)
             finally:
@@ -863,7 +863,7 @@ class Soak:
                     ending = b"\n" if number % 2 else b""  # a whole line, or no end in sight
                     client.write(b"y" * (MAX_LINE_LENGTH + 1000) + ending)
                     figures.bytes_sent += MAX_LINE_LENGTH + 1000 + len(ending)
-                    await client.wait(lambda: client.ended, OVERLONG_DEADLINE)
+                    await client.wait(lambda current=client: current.ended, OVERLONG_DEADLINE)
                     self.ended_hostile(figures, client, sent_at)
                     if client.received:
                         figures.wrong += 1

@@ -6,7 +6,6 @@ in CI), a file size limit is set in a child process.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import pathlib
@@ -24,6 +23,7 @@ import pytest
 
 from reverserd import logs
 from reverserd.errors import UserError
+from tests.conftest import fill
 from tests.e2e.support import wait_until
 
 LOST = re.compile(r"^\S+ WARNING reverserd\.logs: (\d+) log records? lost between (\S+) and "
@@ -79,33 +79,6 @@ def messages(lines: list[str]) -> list[str]:
     return [line.split(": ", 1)[1] for line in lines]
 
 
-@pytest.fixture
-def small_disk(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
-    """A 64 KiB tmpfs, to fill up."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
-                             str(mount_point)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill: {result.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=True)
-
-
-def fill(disk: pathlib.Path) -> pathlib.Path:
-    """Take every free block of ``disk``; the file returned gives them back."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"x" * 4096)
-    except OSError as error:
-        assert error.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
-
-
 def test_each_record_is_one_line_appended_to_what_was_there(
         opened: list[Log], tmp_path: pathlib.Path) -> None:
     path = tmp_path / "x.log"
@@ -119,7 +92,8 @@ def test_each_record_is_one_line_appended_to_what_was_there(
     assert messages(lines[2:3]) == ["two"] and lines[3:] == ["lines"]
 
 
-def test_a_new_log_file_is_not_readable_by_others(opened: list[Log], tmp_path: pathlib.Path) -> None:
+def test_a_new_log_file_is_not_readable_by_others(opened: list[Log],
+                                                  tmp_path: pathlib.Path) -> None:
     previous = os.umask(0o022)
     try:
         open_log(opened, tmp_path / "x.log")

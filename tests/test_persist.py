@@ -92,7 +92,8 @@ def tamper(data: dict[str, Any], **state: Any) -> dict[str, Any]:
         (lambda d: d["application"]["services"][0].update(type="reverserd.Reverser"),
          r"'type' names 'reverserd\.Reverser', which is not a restorable Service"),
         (lambda d: tamper(d, port="2323"), r"'port' must be a whole number"),
-        (lambda d: tamper(d, port=70000), r"'port' must be (at most|a whole number from 0 to) 65535"),
+        (lambda d: tamper(d, port=70000),
+         r"'port' must be (at most|a whole number from 0 to) 65535"),
         (lambda d: tamper(d, port=True), r"'port' must be a whole number"),
         (lambda d: tamper(d, lines_served=-1), r"'lines_served' must be a whole number"),
         (lambda d: d["application"].update(name=["x"]), r"'name' must be a string"),
@@ -263,8 +264,9 @@ def test_state_that_could_not_be_saved_or_read_back_fails_when_checked(
 
 
 def test_names_a_state_file_could_not_hold_fail_when_checked() -> None:
-    with pytest.raises(UserError, match=r"^application 'a{60}'\.\.\. \(256 characters\) cannot be saved so that it could "
-                                        r"be restored: application: 'name' must be a string "
+    with pytest.raises(UserError, match=r"^application 'a{60}'\.\.\. \(256 characters\) "
+                                        r"cannot be saved so that it could be restored: "
+                                        r"application: 'name' must be a string "
                                         r"of at most 255 characters, not \"a{60}\"\.\.\. "
                                         r"\(256 characters\)$"):
         check_savable(Application("a" * 256))

@@ -210,7 +210,7 @@ def test_a_connection_makes_no_task_and_its_lines_no_log_call(
         await server.start_service()
         tasks_before = len(asyncio.all_tasks())
         streams = [await asyncio.open_connection(*server.address) for _ in range(20)]
-        for reader, writer in streams:
+        for _, writer in streams:
             writer.write(b"".join(b"line %d\n" % number for number in range(50)))
         for reader, _ in streams:
             await reader.readexactly(sum(len(b"line %d\n" % n) for n in range(50)))

@@ -20,9 +20,10 @@ import argparse
 import difflib
 import pathlib
 import sys
-import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import tomllib
 
 from reverserd.errors import UsageError, UserError
 from reverserd.persist import QUOTED_LENGTH, Unreadable, quoted, read_regular_file
@@ -108,4 +109,6 @@ def _shown(value: object) -> str:
     if not isinstance(value, int | float):
         return type(value).__name__
     shown = repr(value)  # up to thousands of digits
-    return shown if len(shown) <= QUOTED_LENGTH else f"{shown[:QUOTED_LENGTH]}... ({len(shown)} digits)"
+    if len(shown) <= QUOTED_LENGTH:
+        return shown
+    return f"{shown[:QUOTED_LENGTH]}... ({len(shown)} digits)"

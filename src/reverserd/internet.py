@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from typing import Any, Self
 
 from reverserd.addresses import format_address
-from reverserd.errors import UserError, os_reason
 from reverserd.config import MAX_LINE_LENGTH, parse_interface
+from reverserd.errors import UserError, os_reason
 from reverserd.limits import DEFAULT_BACKLOG, DEFAULT_SHUTDOWN_TIMEOUT, MAX_BACKLOG, MAX_SECONDS
 from reverserd.persist import StateError, StateReader, restorable, state_type
 from reverserd.policy import ConnectionPolicy
@@ -234,8 +234,9 @@ class TCPServer(Service):
 
     def resume_accepting(self) -> None:
         """Accept again, unless stopping, already accepting or at the cap."""
+        allowed = self.policy is None or self.policy.may_accept
         if self._accepting or self._socket is None or self._loop is None \
-                or self._all_closed is not None or (self.policy is not None and not self.policy.may_accept):
+                or self._all_closed is not None or not allowed:
             return
         self._accepting = True
         self._accept_generation += 1

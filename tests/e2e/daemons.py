@@ -11,7 +11,8 @@ import subprocess
 
 from tests.e2e.support import DEADLINE, REVERSERD, wait_until
 
-STARTED = re.compile(r"^reverserd started: pid (\d+), listening on 127\.0\.0\.1:(\d+)$", re.MULTILINE)
+STARTED = re.compile(r"^reverserd started: pid (\d+), listening on 127\.0\.0\.1:(\d+)$",
+                     re.MULTILINE)
 ALREADY = re.compile(r"^reverserd already running: pid (\d+)$", re.MULTILINE)
 
 
@@ -74,7 +75,8 @@ class DaemonDirectory:
             timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [REVERSERD, *args], cwd=self.path, capture_output=True, text=True,
-            stdin=subprocess.DEVNULL, timeout=timeout, check=False, env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL, timeout=timeout, check=False,
+            env={**os.environ, **(env or {})},
         )
         self.remember(result.stdout)
         return result

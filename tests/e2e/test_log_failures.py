@@ -4,17 +4,14 @@ and says how many records it lost."""
 
 from __future__ import annotations
 
-import errno
 import os
 import pathlib
 import re
 import shutil
 import signal
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import pytest
-
+from tests.conftest import fill
 from tests.e2e.daemons import DaemonDirectory
 from tests.e2e.support import ReverserdProcess, connect, receive_until_closed, wait_until
 
@@ -132,33 +129,6 @@ def test_a_log_directory_that_cannot_be_made_is_waited_for_without_slowing_clien
     assert process.wait() == 0
     assert len(LOST.findall(read(logfile))) == 1
     assert_no_traceback(read(logfile), process.stderr())
-
-
-@pytest.fixture
-def small_disk(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
-    """A 64 KiB tmpfs, to fill up (mounting needs root, as in CI)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
-                             str(mount_point)], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill: {result.stderr.strip()}")
-    yield mount_point
-    subprocess.run(["umount", "-l", str(mount_point)], check=True)
-
-
-def fill(disk: pathlib.Path) -> pathlib.Path:
-    """Take every free block of ``disk``; removing the file returned frees them."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"x" * 4096)
-    except OSError as error:
-        assert error.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_disk_loses_log_records_not_clients(

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from reverserd.pidfile import holds_open
 from tests.e2e.daemons import Daemon, DaemonDirectory, is_alive, process_state, wait_until_dead
 from tests.e2e.support import DEADLINE, connect, receive_until_closed, wait_until
 
@@ -249,22 +250,11 @@ def test_saved_state_counts_the_lines_of_every_worker_across_restarts(
     assert state["application"]["services"][0]["state"]["lines_served"] == 8
 
 
-def holds_the_lock(pid: int, daemons: DaemonDirectory) -> bool:
-    lock = os.stat(daemons.path / "reverserd.pid.lock")
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            found = os.stat(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if (found.st_dev, found.st_ino) == (lock.st_dev, lock.st_ino):
-            return True
-    return False
-
-
 def test_only_the_main_process_holds_the_lock(daemons: DaemonDirectory) -> None:
     daemon = daemons.start("--workers", "2")
-    assert holds_the_lock(daemon.pid, daemons)
-    assert not any(holds_the_lock(pid, daemons) for pid, _ in workers_of(daemons).values())
+    lock = daemons.path / "reverserd.pid.lock"
+    assert holds_open(daemon.pid, lock)
+    assert not any(holds_open(pid, lock) for pid, _ in workers_of(daemons).values())
 
 
 def test_workers_end_when_the_main_process_is_killed(daemons: DaemonDirectory) -> None:
