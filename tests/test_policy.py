@@ -204,6 +204,61 @@ def test_a_peer_that_takes_no_replies_is_aborted_after_the_write_timeout(
     run(scenario)
 
 
+def small_window_client(address: tuple[str, int]) -> socket.socket:
+    """A client whose receive window is small from the handshake on."""
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(address)
+    return client
+
+
+def test_a_stalled_peer_is_reset_so_the_kernel_drops_what_it_queued() -> None:
+    async def scenario() -> None:
+        async with serving(Limits(write_timeout=3, idle_timeout=0)) as (server, policy):
+            client = small_window_client(server.address)
+            await until(lambda: policy.open == 1, "the connection")
+            handler = server.connections()[0]
+            assert handler.transport is not None
+            for _ in range(50):
+                stuff(client)
+                await asyncio.sleep(0.02)
+                if handler.transport.get_write_buffer_size():
+                    break
+            assert handler.transport.get_write_buffer_size() > 0
+            start = asyncio.get_running_loop().time()
+            for second in range(1, 5):
+                policy.sweep(start + second)
+            await until(lambda: policy.closed["write-timeout"] == 1, "the abort")
+            client.setblocking(True)
+            client.settimeout(DEADLINE)
+            received = 0
+            with pytest.raises(ConnectionResetError):  # a reset, not megabytes then EOF
+                while chunk := client.recv(1 << 16):
+                    received += len(chunk)
+            assert received < 1 << 20
+            client.close()
+    run(scenario)
+
+
+def test_replies_left_only_in_the_kernel_queue_count_as_untaken() -> None:
+    async def scenario() -> None:
+        async with serving(Limits(write_timeout=3, idle_timeout=0)) as (server, policy):
+            client = small_window_client(server.address)
+            client.sendall((b"x" * 999 + b"\n") * 10)  # 10 KB of replies: the kernel takes them
+            await until(lambda: policy.open == 1 and server.connections()[0].lines_answered,
+                        "the lines to be answered")
+            handler = server.connections()[0]
+            assert handler.transport is not None
+            assert handler.transport.get_write_buffer_size() == 0
+            start = asyncio.get_running_loop().time()
+            for second in range(1, 5):
+                await asyncio.sleep(0.01)
+                policy.sweep(start + second)
+            await until(lambda: policy.closed["write-timeout"] == 1, "the abort")
+            client.close()
+    run(scenario)
+
+
 def test_accept_failures_are_logged_once_per_listener_every_ten_seconds(
         caplog: pytest.LogCaptureFixture) -> None:
     failures = AcceptFailures()

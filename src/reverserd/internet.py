@@ -20,6 +20,7 @@ from reverserd.service import MultiService, Service
 log = logging.getLogger(__name__)
 
 SOMAXCONN = "/proc/sys/net/core/somaxconn"
+ACCEPT_BATCH = 16  # connections the standard loop accepts per wake-up, before the cap is seen
 
 
 def bind_listening_socket(interface: str, port: int, backlog: int,
@@ -215,22 +216,43 @@ class TCPServer(Service):
         log.info("listening on %s", self.where)
 
     async def _accept_on_duplicate(self, generation: int) -> None:
+        """Serve a fresh duplicate of the bound socket.
+
+        The standard loop accepts as many connections per wake-up as the
+        backlog it is given, and hands them to the policy only a turn or
+        two later: a small batch keeps the cap from being overrun by a
+        burst. ``listen`` on the bound socket then restores the queue's
+        real length, which ``start_server`` set to the batch.
+        """
         assert self._socket is not None
         accept_socket = self._socket.dup()
         server = await asyncio.start_server(self._adopt, sock=accept_socket,
-                                            backlog=self.backlog)
+                                            backlog=ACCEPT_BATCH)
+        self._socket.listen(self.backlog)
         if generation != self._accept_generation or not self._accepting:
             server.close()  # paused, or resumed again, while this one started
             return
         self._server, self._accept_socket = server, accept_socket
 
     def pause_accepting(self) -> None:
-        """Stop accepting; clients keep queueing on the bound socket meanwhile."""
+        """Stop accepting; clients keep queueing on the bound socket meanwhile.
+
+        The standard loop may have accepted connections whose transports it
+        has yet to attach to the server, and drops them silently (a reset)
+        if the server is closed first: it stops watching the socket now and
+        closes the server once those have been attached, a turn later.
+        """
         self._accepting = False
         self._accept_generation += 1
-        if self._server is not None:
-            self._server.close()
+        server, accept_socket = self._server, self._accept_socket
         self._server = self._accept_socket = None
+        if server is None or accept_socket is None:
+            return
+        if isinstance(self._loop, asyncio.SelectorEventLoop):
+            self._loop.remove_reader(accept_socket.fileno())
+            self._loop.call_soon(server.close)
+        else:
+            server.close()
 
     def resume_accepting(self) -> None:
         """Accept again, unless stopping, already accepting or at the cap."""
@@ -325,7 +347,7 @@ class TCPServer(Service):
         self._connections[handler] = writer
         handler.connection_made(transport)
         assert self.policy is not None and self._loop is not None
-        if not self.policy.admit(handler, transport, self._loop.time(), self):
+        if not self.policy.admit(handler, self._loop.time(), self):
             transport.close()
         elif self._all_closed is not None:
             handler.request_stop()

@@ -414,7 +414,9 @@ def inspect(files: RunFiles) -> Inspection:
     ``RunFileRefused`` for a file that cannot be the daemon's.
 
     The state file is believed only when the process holding the lock, or
-    root, owns it: anyone else who wrote it could make it say anything.
+    root, owns it: anyone else who wrote it could make it say anything. One
+    refused while a proven daemon holds the lock is ignored, not fatal, so
+    that ``stop`` still stops it.
     """
     held = lock_is_held(files.lock, files.owners)
     pid = read_pid(files.pidfile, files.owners)
@@ -426,9 +428,7 @@ def inspect(files: RunFiles) -> Inspection:
         return Inspection(Liveness.STARTING, pid)
     try:
         state = read_state(files.state, Owners.of_daemon(process_uid(pid)))
-    except RunFileRefused as refusal:
-        if refusal.owner is None:
-            raise
+    except RunFileRefused as refusal:  # planted, or not a file: the lock still tells
         return Inspection(Liveness.RUNNING, pid,
                           ignored=f"ignoring {refusal.kind} {refusal.path}: {refusal.reason}")
     if state is not None and state.pid == pid:

@@ -4,7 +4,10 @@ One object per serving process decides, for every listener at once:
 
 - **the cap** (``--max-connections``): at the cap every listener stops
   accepting, so newcomers wait in the kernel's queue instead of being
-  refused; below it, accepting resumes. One log line per episode.
+  refused; below it, accepting resumes. One log line per episode. The
+  few a burst brings in before accepting stops (the standard loop
+  accepts in small batches) wait too, unread, and are served first as
+  connections close.
 - **per peer** (``--max-connections-per-peer``): a client address over its
   share is closed as soon as it is accepted.
 - **idle and slow clients** (``--idle-timeout``): a connection that completes
@@ -93,6 +96,15 @@ def descriptor_ceiling() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_HEADROOM
 
 
+def descriptor_left() -> bool:
+    """Whether one more descriptor can be opened now (a probe: open, close)."""
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError:
+        return False
+    return True
+
+
 def has_room_below(ceiling: int) -> bool:
     """Whether fewer than ``ceiling`` descriptors are open now.
 
@@ -155,6 +167,7 @@ class ConnectionPolicy:
         self.pauses = 0
         self.accept_failures = AcceptFailures()
         self._per_peer: dict[str, int] = {}
+        self._waiting: dict[LineHandler, None] = {}  # accepted over the cap, oldest first
         self._listeners: list[TCPServer] = []
         self.at_cap = False
         self.starved = False  # out of descriptors (or memory): paused until a probe finds room
@@ -174,9 +187,10 @@ class ConnectionPolicy:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def admit(self, handler: LineHandler, transport: asyncio.BaseTransport, now: float,
-              listener: TCPServer) -> bool:
+    def admit(self, handler: LineHandler, now: float, listener: TCPServer) -> bool:
         """Count a new connection; ``False`` when its peer has too many already."""
+        transport = handler.transport
+        assert transport is not None, "admitted once connected"
         self.open += 1
         handler.watched_since(now)
         if self.open >= self.max_connections and not self.at_cap:
@@ -185,6 +199,9 @@ class ConnectionPolicy:
         if sock is not None and sock.fileno() >= self.fd_ceiling:
             self.starve(listener.where, f"fewer than {FD_HEADROOM} descriptors are left "
                         f"below the open-file limit of {self.fd_ceiling + FD_HEADROOM}", now)
+        if self.open > self.max_connections:
+            transport.pause_reading()  # it waits its turn, as it would have in the queue
+            self._waiting[handler] = None
         per_peer = self.limits.max_connections_per_peer
         if per_peer:
             peer = transport.get_extra_info("peername")
@@ -199,8 +216,15 @@ class ConnectionPolicy:
         return True
 
     def release(self, handler: LineHandler, now: float) -> None:
-        """Forget a closed connection; resume accepting once below the cap."""
+        """Forget a closed connection; serve a waiting one, or resume accepting
+        once below the cap."""
         self.open -= 1
+        self._waiting.pop(handler, None)
+        while self._waiting and self.open - len(self._waiting) < self.max_connections:
+            waiting = next(iter(self._waiting))
+            del self._waiting[waiting]
+            if waiting.transport is not None:
+                waiting.transport.resume_reading()
         key = handler.peer_key
         if key is not None:
             left = self._per_peer[key] - 1
@@ -241,10 +265,15 @@ class ConnectionPolicy:
             listener.resume_accepting()
 
     def sweep(self, now: float) -> None:
-        """Close idle and slow connections; resume accepting once there is room."""
+        """Close idle and slow connections; pause accepting when no descriptor
+        is left (uvloop would accept and reset every client without a word),
+        and resume once there is room."""
         if self.starved and has_room_below(self.fd_ceiling):
             self.starved = False
             self._resume_all()
+        elif not self.starved and self._listeners and not descriptor_left():
+            self.starve(", ".join(listener.where for listener in self._listeners),
+                        "no descriptor is left (too many open files)", now)
         idle_timeout = self.limits.idle_timeout
         write_timeout = self.limits.write_timeout
         for listener in self._listeners:

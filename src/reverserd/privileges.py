@@ -41,7 +41,7 @@ def _user(text: str) -> pwd.struct_passwd | int:
         return pwd.getpwnam(text)
     except KeyError:
         pass
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # int() would read "０" (full width) as 0
         raise UserError(f"unknown user {text!r}")
     try:
         return pwd.getpwuid(int(text))
@@ -54,7 +54,7 @@ def _group_id(text: str) -> int:
         return grp.getgrnam(text).gr_gid
     except KeyError:
         pass
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise UserError(f"unknown group {text!r}")
     return int(text)
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import ClassVar, cast
 
 from reverserd.addresses import format_sockaddr
+from reverserd.kernel_queues import bytes_acked, reset_on_close, unacknowledged
 from reverserd.persist import restorable
 from reverserd.reversal import reverse
 
@@ -66,14 +67,15 @@ class LineHandler(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_buffered_seen",
-        "_closing",
+                "_closing",
+        "_kernel_checked",
         "_limit",
         "_partial",
         "_progress_seen",
         "_quiet_since",
         "_stalled_since",
         "_stopping",
+        "_taken_seen",
         "close_reason",
         "lines_answered",
         "lines_unanswered",
@@ -173,48 +175,68 @@ class LineHandler(asyncio.Protocol):
         """Start the idle and write clocks (see ``overdue``)."""
         self._progress_seen = 0
         self._quiet_since = self._stalled_since = now
-        self._buffered_seen = 0
+        self._taken_seen = -1
+        self._kernel_checked = False
 
     def overdue(self, now: float, idle_timeout: float, write_timeout: float) -> str | None:
         """Which limit, if any, this connection has outlasted; called about once a second.
 
-        Write: replies wait in the transport's buffer, which has not shrunk
-        for ``write_timeout`` seconds: the peer takes nothing. Such a
-        connection is not idle, whatever it sends: reading pauses while the
-        peer does not read. Idle: no line completed for ``idle_timeout``
-        seconds (0: never).
+        Write: replies are waiting and the peer's kernel has acknowledged
+        nothing new for ``write_timeout`` seconds: the peer takes nothing.
+        Replies wait in the transport's buffer (then the kernel is asked each
+        sweep), or only in the kernel's send queue (asked once the
+        connection has been quiet that long: a quiet one adds no replies).
+        Such a connection is not idle, whatever it sends: reading pauses
+        while the peer does not read. Idle: no line completed for
+        ``idle_timeout`` seconds (0: never).
         """
-        assert self.transport is not None
-        buffered = self.transport.get_write_buffer_size()
+        transport = self.transport
+        assert transport is not None
+        buffered = transport.get_write_buffer_size()
         if buffered:
-            if buffered < self._buffered_seen:
+            sock = transport.get_extra_info("socket")
+            acked = None if sock is None else bytes_acked(sock)
+            taken = buffered if acked is None else acked  # not TCP: the buffer's moves
+            if taken != self._taken_seen:
+                self._taken_seen = taken
                 self._stalled_since = now
             elif now - self._stalled_since >= write_timeout:
                 return "write-timeout"
-            self._buffered_seen = buffered
             self._quiet_since = now
             return None
         self._stalled_since = now
-        self._buffered_seen = 0
         progress = self.lines_answered + self.lines_unanswered
         if progress != self._progress_seen:
             self._progress_seen = progress
             self._quiet_since = now
-        elif idle_timeout and now - self._quiet_since >= idle_timeout and not self._closing:
+            self._kernel_checked = False
+            return None
+        quiet = now - self._quiet_since
+        if quiet >= write_timeout and not self._kernel_checked:
+            self._kernel_checked = True
+            sock = transport.get_extra_info("socket")
+            if sock is not None and (unacknowledged(sock) or 0) > 0:
+                return "write-timeout"
+        if idle_timeout and quiet >= idle_timeout and not self._closing:
             return "idle"
         return None
 
     def close_for(self, reason: str) -> None:
-        """Close on a limit: an idle one after its last replies, a stalled one at once."""
-        if self.transport is None or self.close_reason is not None:
+        """Close on a limit: an idle one after its last replies; a stalled one
+        at once, with a reset, so the kernel drops what it queued for it."""
+        transport = self.transport
+        if transport is None or self.close_reason is not None:
             return
         self.close_reason = reason
         log.debug("closing connection from %s: %s", self.peer, reason)
         if reason == "idle":
             self.lose_connection()
-            self.transport.close()
-        else:
-            self.transport.abort()
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            reset_on_close(sock)
+        transport.abort()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass it

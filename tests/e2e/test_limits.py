@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import select
 import socket
 import subprocess
 import textwrap
@@ -24,13 +25,20 @@ from tests.e2e.support import (
 Start = Callable[..., ReverserdProcess]
 
 # An application that takes every free descriptor once it serves, leaving
-# SPARE, so accepting fails with EMFILE; the line `release` gives them back.
+# SPARE, so accepting fails with EMFILE; the line `release` gives them back,
+# as does a timer of RELEASE_AFTER seconds when SPARE is 0 (no line can come).
 FD_HOG_APP = textwrap.dedent("""
+    import asyncio
     import os
     from reverserd import Application, Reverser, Service, TCPServer
 
-    SPARE = 2
+    SPARE = {spare}
+    RELEASE_AFTER = 8.0
     held = []
+
+    def release():
+        while held:
+            os.close(held.pop())
 
     class Hog(Service):
         async def start_service(self):
@@ -42,11 +50,12 @@ FD_HOG_APP = textwrap.dedent("""
                 pass
             for _ in range(SPARE):
                 os.close(held.pop())
+            if not SPARE:
+                asyncio.get_running_loop().call_later(RELEASE_AFTER, release)
 
     class Releasing(Reverser):
         def handle_release(self):
-            while held:
-                os.close(held.pop())
+            release()
             return "released"
 
     application = Application("hog")
@@ -89,7 +98,7 @@ def open_file_limits(pid: int) -> tuple[int, int]:
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_out_of_descriptors_accepting_pauses_logs_once_and_resumes_by_itself(
         reverserd: Start, tmp_path: pathlib.Path, loop: str) -> None:
-    (tmp_path / "hog.py").write_text(FD_HOG_APP)
+    (tmp_path / "hog.py").write_text(FD_HOG_APP.format(spare=2))
     process = reverserd("--foreground", "--loop", loop, "-y", "hog.py",
                         command=limited("512:512"))
     port = process.wait_until_serving()
@@ -114,6 +123,26 @@ def test_out_of_descriptors_accepting_pauses_logs_once_and_resumes_by_itself(
     assert not any("Traceback" in line or "Errno" in line for line in process.log)
     for sock in [kept, *waiting]:
         sock.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_an_application_that_takes_every_descriptor_pauses_accepting_until_it_gives_back(
+        reverserd: Start, tmp_path: pathlib.Path, loop: str) -> None:
+    (tmp_path / "hog.py").write_text(FD_HOG_APP.format(spare=0))
+    process = reverserd("--foreground", "--loop", loop, "-y", "hog.py",
+                        command=limited("512:512"))
+    port = process.wait_until_serving()
+    process.wait_for_log(r"cannot accept connections on 127\.0\.0\.1:\d+: no descriptor is "
+                         r"left")
+    waiting = []
+    for _ in range(20):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        sock.sendall(b"queued\n")
+        waiting.append(sock)
+    for sock in waiting:  # served once the timer gives the descriptors back; none reset
+        assert sock.recv(100) == b"deueuq\n"
+        sock.close()
+    assert not any("Traceback" in line for line in process.log)
 
 
 def test_the_soft_descriptor_limit_is_raised_to_the_hard_one(reverserd: Start) -> None:
@@ -154,6 +183,29 @@ def test_at_the_cap_newcomers_wait_and_are_served_when_one_quits(reverserd: Star
     assert len(cap_lines) == 1 and "cap of 2 connections" in cap_lines[0]
     for sock in (first, second, third):
         sock.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_burst_is_served_at_most_cap_at_a_time_and_none_is_reset(
+        reverserd: Start, loop: str) -> None:
+    process = reverserd("--foreground", "--port", "0", "--loop", loop,
+                        "--max-connections", "5")
+    port = process.wait_until_serving()
+    clients = []
+    for number in range(200):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        sock.sendall(b"%d\n" % number)
+        clients.append((sock, b"%d\n" % number))
+    unanswered = dict(clients)
+    while unanswered:
+        readable, _, _ = select.select(list(unanswered), [], [], DEADLINE)
+        assert readable, f"{len(unanswered)} clients waited {DEADLINE} s for a turn"
+        assert len(readable) <= 5, f"{len(readable)} served at once under a cap of 5"
+        for sock in readable:
+            line = unanswered.pop(sock)
+            assert sock.recv(100) == line[-2::-1] + b"\n"  # not reset, answered
+            sock.close()
+    assert not any("Traceback" in line for line in process.log)
 
 
 def listen_backlog(port: int) -> int:

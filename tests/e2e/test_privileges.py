@@ -179,10 +179,12 @@ def test_without_root_powers_the_switch_is_refused(daemons: DaemonDirectory,
     assert list(daemons.path.iterdir()) == []
 
 
-def test_an_unknown_user_is_one_line(daemons: DaemonDirectory) -> None:
-    result = daemons.run("start", "--port", "0", "--user", "no-such-user-here")
-    assert (result.returncode, result.stderr) == (
-        1, "reverserd: unknown user 'no-such-user-here'\n")
+@pytest.mark.parametrize("name", ["no-such-user-here", "\uff10"])  # a full-width zero, not root
+def test_an_unknown_user_is_one_line(daemons: DaemonDirectory, name: str) -> None:
+    result = daemons.run("start", "--port", "0", "--user", name)
+    assert (result.returncode, result.stderr) == (1, f"reverserd: unknown user {name!r}\n")
+    group = daemons.run("start", "--port", "0", "--group", name)
+    assert (group.returncode, group.stderr) == (1, f"reverserd: unknown group {name!r}\n")
 
 
 @needs_root
