@@ -96,24 +96,32 @@ def descriptor_ceiling() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0] - FD_HEADROOM
 
 
-def descriptor_left() -> bool:
-    """Whether one more descriptor can be opened now (a probe: open, close)."""
+def lowest_free_descriptor() -> int | None:
+    """The number the next descriptor would get; ``None`` when none is left.
+
+    An eventfd is the probe: it needs no file, so it works inside a chroot.
+    """
     try:
-        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        probe = os.eventfd(0, os.EFD_CLOEXEC)
     except OSError:
-        return False
-    return True
+        return None
+    os.close(probe)
+    return probe
 
 
 def has_room_below(ceiling: int) -> bool:
     """Whether fewer than ``ceiling`` descriptors are open now.
 
-    Counted, not probed: the lowest free number may be a hole in an
-    otherwise full table. Only called while accepting is paused for want of
-    descriptors, about once a second.
+    Counted where /proc can be read: the lowest free number may be a hole
+    in an otherwise full table. Inside a chroot without /proc, that number
+    is all there is to go by. Only called while accepting is paused for
+    want of descriptors, about once a second.
     """
     try:
         return descriptors_in_use() < ceiling
+    except FileNotFoundError:  # no /proc here (a chroot)
+        free = lowest_free_descriptor()
+        return free is not None and free < ceiling
     except OSError:  # not even one descriptor to list them with
         return False
 
@@ -271,7 +279,7 @@ class ConnectionPolicy:
         if self.starved and has_room_below(self.fd_ceiling):
             self.starved = False
             self._resume_all()
-        elif not self.starved and self._listeners and not descriptor_left():
+        elif not self.starved and self._listeners and lowest_free_descriptor() is None:
             self.starve(", ".join(listener.where for listener in self._listeners),
                         "no descriptor is left (too many open files)", now)
         idle_timeout = self.limits.idle_timeout
