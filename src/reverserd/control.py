@@ -159,7 +159,8 @@ def stop(config: Config) -> int:
         return 0
     daemon, state = target
     workers = _workers(daemon, state)
-    killed = _end_daemon(files, daemon, config.stop_timeout)
+    stopping = state is not None and state.stopping  # a second SIGTERM would cut it short
+    killed = _end_daemon(files, daemon, config.stop_timeout, stopping)
     _end_workers(workers, config.stop_timeout)
     if killed:
         _remove_files_left_behind(files)
@@ -200,8 +201,9 @@ def _workers(daemon: Process, state: DaemonState | None) -> list[Process]:
     return found
 
 
-def _end_daemon(files: RunFiles, daemon: Process, timeout: float) -> bool:
-    """SIGTERM, then SIGKILL after ``timeout``; whether it took SIGKILL.
+def _end_daemon(files: RunFiles, daemon: Process, timeout: float, stopping: bool) -> bool:
+    """SIGTERM (unless it is ``stopping`` already), then SIGKILL after
+    ``timeout``; whether it took SIGKILL.
 
     Each signal goes out only while the process still holds the lock: one
     that let go of it is stopping by itself, and is only waited for.
@@ -209,7 +211,7 @@ def _end_daemon(files: RunFiles, daemon: Process, timeout: float) -> bool:
     def holds_the_lock() -> bool:
         return holds_open(daemon.pid, files.lock) is not False
 
-    if _send(daemon, signal.SIGTERM, holds_the_lock) \
+    if (stopping or _send(daemon, signal.SIGTERM, holds_the_lock)) \
             and not _wait_until_gone([daemon], timeout) \
             and _send(daemon, signal.SIGKILL, holds_the_lock):
         warn(f"pid {daemon.pid} did not stop within {timeout:g} s; killed it")
@@ -310,6 +312,9 @@ def _status(files: RunFiles) -> int:
     except OSError as error:
         say(f"status unknown: {os_reason(error)} ({files.pidfile})")
         return STATUS_UNKNOWN
+    if found.liveness is Liveness.STOPPING and found.state is not None:
+        say(f"stopping: pid {found.pid}{_listening(found.state.addresses)}")
+        return STATUS_RUNNING
     if found.liveness is Liveness.RUNNING and found.state is not None:
         state = _fresh_state(files, found.state)
         say(f"running: pid {state.pid}{_listening(state.addresses)}, "
@@ -474,7 +479,9 @@ def _claim(files: RunFiles, timeout: float) -> Claim | int:
     """The lock, or the pid of the daemon already serving with it.
 
     Whoever holds the lock but is not serving yet is another ``start`` racing
-    this one: wait for it to serve or to fail, and take over if it fails.
+    this one: wait for it to serve or to fail, and take over if it fails. A
+    daemon that is stopping is waited for too, then replaced: reporting it
+    as running would leave nothing running a moment later.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -485,6 +492,9 @@ def _claim(files: RunFiles, timeout: float) -> Claim | int:
         if found.liveness is Liveness.RUNNING and found.pid is not None:
             return found.pid
         if time.monotonic() > deadline:
+            if found.liveness is Liveness.STOPPING:
+                raise UserError(f"reverserd (pid {found.pid}) was still stopping after "
+                                f"{timeout:g} s")
             raise UserError(f"another reverserd holds {files.lock} but was not serving "
                             f"after {timeout:g} s")
         time.sleep(POLL_INTERVAL)

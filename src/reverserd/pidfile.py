@@ -320,6 +320,9 @@ class DaemonState:
     fresh copy (SIGUSR2) and waits for this to move past its request.
     ``closed`` counts the connections a limit closed, by reason (``idle``,
     ``write-timeout``, ...); ``paused`` the times accepting paused.
+    ``stopping`` says a graceful stop has begun: a ``start`` meanwhile waits
+    for the daemon to be gone, then starts another, instead of reporting it
+    as running.
     """
 
     pid: int
@@ -330,6 +333,7 @@ class DaemonState:
     workers: tuple[WorkerState, ...] = ()
     closed: dict[str, int] = dataclasses.field(default_factory=dict)
     paused: int = 0
+    stopping: bool = False
 
     def uptime(self) -> float:
         return max(0.0, time.time() - self.started)
@@ -360,7 +364,8 @@ def _state_from(fields: Any) -> DaemonState:
                        tuple(_worker_from(worker) for worker in fields.get("workers", ())),
                        {_text(reason): int(number)
                         for reason, number in fields.get("closed", {}).items()},
-                       int(fields.get("paused", 0)))
+                       int(fields.get("paused", 0)),
+                       fields.get("stopping", False) is True)
 
 
 def _worker_from(fields: Any) -> WorkerState:
@@ -391,6 +396,7 @@ def _text(value: Any) -> str:
 class Liveness(enum.Enum):
     RUNNING = "running"
     STARTING = "starting"
+    STOPPING = "stopping"
     STALE = "stale"
     ABSENT = "absent"
 
@@ -432,7 +438,7 @@ def inspect(files: RunFiles) -> Inspection:
         return Inspection(Liveness.RUNNING, pid,
                           ignored=f"ignoring {refusal.kind} {refusal.path}: {refusal.reason}")
     if state is not None and state.pid == pid:
-        return Inspection(Liveness.RUNNING, pid, state)
+        return Inspection(Liveness.STOPPING if state.stopping else Liveness.RUNNING, pid, state)
     return Inspection(Liveness.STARTING, pid)
 
 
@@ -578,13 +584,14 @@ class Claim:
 
     def write_state(self, addresses: tuple[str, ...], lines_served: int,
                     workers: tuple[WorkerState, ...] = (),
-                    closed: dict[str, int] | None = None, paused: int = 0) -> None:
+                    closed: dict[str, int] | None = None, paused: int = 0,
+                    stopping: bool = False) -> None:
         """Say the daemon serves (first call) or refresh what it says."""
         now = time.time()
         if self._serving_since is None:
             self._serving_since = now
         state = DaemonState(os.getpid(), self._serving_since, addresses, lines_served, now,
-                            workers, dict(closed or {}), paused)
+                            workers, dict(closed or {}), paused, stopping)
         self.directory.write_atomically(self.files.state.name, state.to_json())
 
     def release(self) -> None:

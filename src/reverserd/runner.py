@@ -84,10 +84,20 @@ def run(application: Application, claim: Claim | None = None,
     limits = dataclasses.replace(limits, max_connections=connection_cap(limits.max_connections))
     policy = ConnectionPolicy(limits)
 
+    stopping = False
+
     def write_state() -> None:
         if claim is not None:
             claim.write_state(listening_addresses(application), lines_served(application),
-                              closed=policy.counts(), paused=policy.pauses)
+                              closed=policy.counts(), paused=policy.pauses, stopping=stopping)
+
+    def mark_stopping() -> None:
+        nonlocal stopping
+        stopping = True
+        try:
+            write_state()
+        except OSError as error:
+            log.warning("cannot write the state file: %s", os_reason(error))
 
     def announce(addresses: tuple[str, ...]) -> None:
         write_state()
@@ -100,7 +110,8 @@ def run(application: Application, claim: Claim | None = None,
             supervisor.run(on_ready, limits)
         else:
             with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
-                loop_runner.run(serve(application, announce, write_state, policy))
+                loop_runner.run(serve(application, announce, write_state, policy,
+                                      on_stop=mark_stopping))
         if save_to is not None:
             _save(application, save_to)
     finally:
@@ -123,7 +134,8 @@ def _save(application: Application, directory: DirectoryHandle) -> None:
 async def serve(application: Application, on_ready: ReadyCallback | None = None,
                 on_refresh: Callable[[], None] | None = None,
                 policy: ConnectionPolicy | None = None,
-                on_tick: TickCallback | None = None) -> None:
+                on_tick: TickCallback | None = None,
+                on_stop: Callable[[], None] | None = None) -> None:
     """Start ``application``, wait for a stop signal, stop it gracefully.
 
     A second stop signal cancels the graceful stop: connections still busy
@@ -131,7 +143,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
     listener of the tree answers to ``policy``; once serving, about once a
     second, the policy sweeps the connections, the log checks its file,
     and ``on_tick`` runs (a worker's heartbeat): all from the event loop, so
-    a stuck loop stops them all.
+    a stuck loop stops them all. ``on_stop`` runs when a graceful stop begins.
     """
     loop = asyncio.get_running_loop()
     policy = policy or ConnectionPolicy()
@@ -158,6 +170,8 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         if not stop_requested.is_set():
             log.info("received %s, stopping", name)
             stop_requested.set()
+            if on_stop is not None:
+                on_stop()
         elif stopping is not None and not stopping.done():
             log.warning("received %s again, stopping now", name)
             forced = True

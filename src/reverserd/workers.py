@@ -255,6 +255,7 @@ class Supervisor:
         else:
             log.info("received %s, stopping %d workers", signum.name, len(self._alive()))
             self.stopping = True
+            self._write_state()
         self._forward(signal.SIGTERM)
 
     def _forward(self, signum: int) -> None:
@@ -380,7 +381,7 @@ class Supervisor:
                                    sum(self.baseline) + sum(lines), workers,
                                    closed={reason: count for reason, count
                                            in zip(CLOSE_REASONS, closed) if count},
-                                   paused=totals[-1])
+                                   paused=totals[-1], stopping=self.stopping)
         except OSError as error:
             log.warning("cannot write the state file: %s", error)
 

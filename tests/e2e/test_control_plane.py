@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 
 import pytest
@@ -123,3 +125,23 @@ def test_a_fifo_for_the_state_file_of_a_running_daemon_is_ignored_and_stop_still
     assert (stop.returncode, stop.stdout) == (0, f"reverserd stopped: pid {daemon.pid}\n"), stop
     wait_until_dead(daemon.pid)
     assert not path.exists()  # removed with the other run files at stop
+
+
+def test_a_start_during_a_graceful_stop_waits_for_it_and_starts_another(
+        daemons: DaemonDirectory) -> None:
+    daemon = daemons.start("--shutdown-timeout", "3")
+    stuck = socket.create_connection(("127.0.0.1", daemon.port))  # takes no replies: the
+    stuck.setblocking(False)  # graceful stop waits --shutdown-timeout for it
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(10_000):
+            stuck.send(b"x" * 1023 + b"\n")
+    os.kill(daemon.pid, signal.SIGTERM)
+    wait_until(lambda: daemons.run("status").stdout.startswith(
+        f"reverserd stopping: pid {daemon.pid}"), "status to say stopping")
+    assert daemons.run("status").returncode == 0
+    result = daemons.run("start", "--port", "0")
+    assert result.returncode == 0, result
+    started = STARTED.search(result.stdout)
+    assert started and int(started.group(1)) != daemon.pid, result
+    assert not is_alive(daemon.pid)
+    stuck.close()
