@@ -17,7 +17,7 @@ from reverserd.application import reverser_application
 from reverserd.errors import UsageError
 from reverserd.internet import TCPServer
 
-#: Every whole-number option: its parser and the range the contract gives it.
+#: Every whole-number option: its parser and the range README documents.
 WHOLE_NUMBERS = {
     "--port": (config.parse_port, 0, 65535),
     "--max-line-length": (config.parse_max_line_length, 1, 16_777_216),
@@ -141,7 +141,7 @@ def test_help_groups_the_limits_and_shows_the_workers_range() -> None:
     assert "--port PORT" in text and "--backlog N" in text.split("the daemon:")[0]
 
 
-def test_the_new_options_have_the_contract_s_defaults() -> None:
+def test_the_limit_options_have_the_documented_defaults() -> None:
     defaults = config.Config()
     assert (defaults.max_connections, defaults.max_connections_per_peer, defaults.idle_timeout,
             defaults.write_timeout, defaults.backlog, defaults.worker_timeout) == (
