@@ -212,10 +212,10 @@ def _add_limit_options(parser: argparse.ArgumentParser, defaults: config.Config)
     _add_number(group, "--idle-timeout", parse=config.parse_idle_timeout,
                 default=defaults.idle_timeout, metavar="SECONDS",
                 help="close a connection that completes no line for this long (bytes "
-                "without a line end do not count); 0: never")
+                "without a line end do not count)")
     _add_number(group, "--write-timeout", parse=config.parse_write_timeout,
                 default=defaults.write_timeout, metavar="SECONDS",
-                help="abort a connection whose client has not taken its replies for "
+                help="reset a connection whose client has not taken its replies for "
                 "this long")
 
 
