@@ -267,7 +267,7 @@ def test_accept_failures_are_logged_once_per_listener_every_ten_seconds(
             failures.record("127.0.0.1:2323", "too many open files", tenth / 10)
         failures.record("[::1]:2323", "too many open files", 1.0)
     lines = [record.getMessage() for record in caplog.records]
-    assert len(lines) == 4 and failures.total == 251
+    assert len(lines) == 4
     assert lines[0].startswith("cannot accept connections on 127.0.0.1:2323: too many open "
                                "files (1 time since the last report)")
     assert all("(100 times since the last report)" in line for line in lines[1:3])

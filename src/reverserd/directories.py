@@ -13,7 +13,6 @@ import errno
 import os
 import pathlib
 import secrets
-import stat
 
 TEMPORARY_NAME_TRIES = 100
 
@@ -44,10 +43,6 @@ class DirectoryHandle:
             return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
             return None
-
-    def is_regular_file(self, name: str) -> bool:
-        found = self.lstat(name)
-        return found is not None and stat.S_ISREG(found.st_mode)
 
     def write_atomically(self, name: str, data: bytes) -> None:
         """Write to a temporary file, then rename it: readers, and a crash,

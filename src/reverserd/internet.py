@@ -108,6 +108,7 @@ class TCPServer(Service):
         self._accept_socket: socket.socket | None = None  # the duplicate _server accepts on
         self._accepting = False  # wanted; _server may still be starting
         self._accept_generation = 0  # so that only the latest resume's server is kept
+        self._resuming: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set while serving
         self.policy: ConnectionPolicy | None = None  # the process's; a default one if unset
         self._connections: dict[LineHandler, asyncio.StreamWriter] = {}
@@ -224,7 +225,8 @@ class TCPServer(Service):
         burst. ``listen`` on the bound socket then restores the queue's
         real length, which ``start_server`` set to the batch.
         """
-        assert self._socket is not None
+        if generation != self._accept_generation or self._socket is None:
+            return  # paused or stopped before this turn came
         accept_socket = self._socket.dup()
         server = await asyncio.start_server(self._adopt, sock=accept_socket,
                                             backlog=ACCEPT_BATCH)
@@ -262,7 +264,8 @@ class TCPServer(Service):
             return
         self._accepting = True
         self._accept_generation += 1
-        self._loop.create_task(self._accept_on_duplicate(self._accept_generation))
+        self._resuming = self._loop.create_task(  # held: the loop keeps only a weak reference
+            self._accept_on_duplicate(self._accept_generation))
 
     def accepts_on(self, fileno: int) -> bool:
         return self._accept_socket is not None and self._accept_socket.fileno() == fileno

@@ -151,10 +151,8 @@ class AcceptFailures:
     def __init__(self) -> None:
         self._unreported: collections.Counter[str] = collections.Counter()
         self._last_logged: dict[str, float] = {}
-        self.total = 0
 
     def record(self, where: str, reason: str, now: float) -> None:
-        self.total += 1
         self._unreported[where] += 1
         if now - self._last_logged.get(where, -ACCEPT_LOG_INTERVAL) >= ACCEPT_LOG_INTERVAL:
             count = self._unreported.pop(where)

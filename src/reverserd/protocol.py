@@ -67,7 +67,7 @@ class LineHandler(asyncio.Protocol):
     """
 
     __slots__ = (
-                "_closing",
+        "_closing",
         "_kernel_checked",
         "_limit",
         "_partial",

@@ -61,6 +61,18 @@ def assert_no_traceback(*texts: str) -> None:
         assert "Traceback" not in text and "Logging error" not in text, text
 
 
+def lost_line_once_writable(port: int, logfile: pathlib.Path, what: str) -> re.Match[str]:
+    """Keep clients coming (each connection logs) until the log says what it lost."""
+
+    def recovered() -> re.Match[str] | None:
+        exchange(port)
+        return LOST.search(read(logfile))
+
+    found = wait_until(recovered, what, timeout=5.0)
+    assert isinstance(found, re.Match)
+    return found
+
+
 def test_a_deleted_log_file_is_reopened_and_let_go(
         reverserd: Callable[..., ReverserdProcess], tmp_path: pathlib.Path) -> None:
     logfile = tmp_path / "x.log"
@@ -117,13 +129,7 @@ def test_a_log_directory_that_cannot_be_made_is_waited_for_without_slowing_clien
     for _ in range(200):
         exchange(port)
     parent.unlink()
-
-    def recovered() -> re.Match[str] | None:
-        exchange(port)
-        return LOST.search(read(logfile))
-
-    found = wait_until(recovered, "the log to come back", timeout=5.0)
-    assert isinstance(found, re.Match)
+    found = lost_line_once_writable(port, logfile, "the log to come back")
     assert int(found[1]) >= 400 and found[2] == "not a directory", found[0]
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
@@ -139,13 +145,7 @@ def test_a_full_disk_loses_log_records_not_clients(
     for _ in range(300):
         exchange(port)
     filler.unlink()
-
-    def recovered() -> re.Match[str] | None:
-        exchange(port)
-        return LOST.search(read(logfile))
-
-    found = wait_until(recovered, "the log to be written again", timeout=5.0)
-    assert isinstance(found, re.Match)
+    found = lost_line_once_writable(port, logfile, "the log to be written again")
     assert int(found[1]) >= 500 and found[2] == "no space left on device", found[0]
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
