@@ -1,9 +1,12 @@
 """The servers the benchmark compares, each started as a real process on 127.0.0.1.
 
-twistd serves ``bench_twistd_app.py`` (Twisted comes from the benchmark's own
-virtualenv, never from reverserd's dependencies); reverserd serves its
-built-in reverser. Every server gets its own free port and, when asked, is
-pinned to one CPU so the client can have the other.
+Two twistd processes serve the classic reverse app, one with LF line ends
+(``bench_twistd_app.py``) and one with ``LineReceiver``'s own, CRLF
+(``bench_twistd_crlf_app.py``): each answers only its own (Twisted comes from
+the benchmark's own virtualenv, never from reverserd's dependencies).
+reverserd serves its built-in reverser, which answers both. Every server
+gets its own free port and, when asked, is pinned to one CPU so the client
+can have the other.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Callable
 
 SCRIPTS = pathlib.Path(__file__).resolve().parent
 TWISTD_APP = SCRIPTS / "bench_twistd_app.py"
+TWISTD_APPS = {b"\n": ("twistd LF", TWISTD_APP),
+               b"\r\n": ("twistd CRLF", SCRIPTS / "bench_twistd_crlf_app.py")}
 BIN = pathlib.Path(sys.executable).parent
 START_PATIENCE = 20.0
 ALL_CPUS = set(range(os.cpu_count() or 1))
@@ -75,12 +80,15 @@ def children(pid: int) -> list[int]:
 
 @dataclasses.dataclass
 class Server:
-    """A running server: where it listens and which processes do the serving."""
+    """A running server: where it listens, which processes do the serving, and
+    which lines it answers right."""
 
     name: str
-    command: list[str]
+    command: list[str]  # without the port: twistd reads it from BENCH_PORT
     pin: set[int] | None
     workers: int = 1
+    line_end: bytes | None = None  # the only line end answered; None: LF and CRLF
+    by_cluster: bool = True  # False: reverses bytes, so non-ASCII text gets wrong replies
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -88,8 +96,8 @@ class Server:
         self.port = free_port()
         env = dict(os.environ, BENCH_PORT=str(self.port))
         cpus = ",".join(map(str, sorted(self.pin or os.sched_getaffinity(0) | ALL_CPUS)))
-        command = self.command if self.name == "twistd" else [*self.command, "--port",
-                                                              str(self.port)]
+        command = self.command if self.name.startswith("twistd") else [
+            *self.command, "--port", str(self.port)]
         self.process = subprocess.Popen(
             ["taskset", "--cpu-list", cpus, *command],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -126,9 +134,11 @@ class Server:
             self.process.wait()
 
 
-def twistd() -> Server:
-    return Server("twistd", [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "--logfile",
-                             os.devnull, "--python", str(TWISTD_APP)], pin={0})
+def twistd(line_end: bytes = b"\n") -> Server:
+    name, app = TWISTD_APPS[line_end]
+    return Server(name, [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "--logfile",
+                         os.devnull, "--python", str(app)], pin={0}, line_end=line_end,
+                  by_cluster=False)
 
 
 def reverserd(loop: str, workers: int = 1) -> Server:

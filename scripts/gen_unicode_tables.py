@@ -1,10 +1,12 @@
 """Regenerate ``src/reverserd/_unicode_tables.py``.
 
-The standard library's ``unicodedata`` has no Extended_Pictographic or
-Indic_Conjunct_Break property, both of which grapheme segmentation needs.
-This script reads them from the ``regex`` package (a test dependency, which
-ships the Unicode Character Database) and writes them as code-point ranges,
-so that the runtime keeps depending on the standard library alone.
+Grapheme segmentation needs three Unicode properties: Grapheme_Cluster_Break,
+Extended_Pictographic and Indic_Conjunct_Break. The standard library's
+``unicodedata`` has none of them (and an older Unicode than clients send),
+so this script reads them from the ``regex`` package (a test dependency,
+which ships the Unicode Character Database) and writes them as code-point
+ranges: the runtime keeps depending on the standard library alone, and
+segments the same way on every Python version.
 
 Run: ``.venv/bin/python scripts/gen_unicode_tables.py``
 """
@@ -18,25 +20,23 @@ import regex
 
 TARGET = pathlib.Path(__file__).resolve().parents[1] / "src/reverserd/_unicode_tables.py"
 
+# CR, LF and ZWJ are single code points: graphemes.py names them itself.
+GRAPHEME_CLUSTER_BREAKS = ("Control", "Extend", "SpacingMark", "Prepend", "Regional_Indicator",
+                           "L", "V", "T", "LV", "LVT")
 PROPERTIES = {
+    **{name.upper(): rf"\p{{Grapheme_Cluster_Break={name}}}" for name in GRAPHEME_CLUSTER_BREAKS},
     "EXTENDED_PICTOGRAPHIC": r"\p{Extended_Pictographic}",
     "INCB_CONSONANT": r"\p{Indic_Conjunct_Break=Consonant}",
     "INCB_LINKER": r"\p{Indic_Conjunct_Break=Linker}",
+    "INCB_EXTEND": r"\p{Indic_Conjunct_Break=Extend}",
 }
 
 
 def code_point_ranges(pattern: str) -> list[tuple[int, int]]:
-    """Collapse every code point matching ``pattern`` into inclusive ranges."""
-    matcher = regex.compile(pattern)
-    ranges: list[tuple[int, int]] = []
-    for code_point in range(sys.maxunicode + 1):
-        if not matcher.match(chr(code_point)):
-            continue
-        if ranges and ranges[-1][1] == code_point - 1:
-            ranges[-1] = (ranges[-1][0], code_point)
-        else:
-            ranges.append((code_point, code_point))
-    return ranges
+    """Every code point matching ``pattern``, as inclusive ranges."""
+    every_code_point = "".join(map(chr, range(sys.maxunicode + 1)))
+    return [(run.start(), run.end() - 1)
+            for run in regex.finditer(f"(?:{pattern})+", every_code_point)]
 
 
 def render() -> str:

@@ -1,64 +1,33 @@
-"""Grapheme segmentation, checked against the regex package's ``\\X``."""
+"""Reversal by grapheme cluster: the compiled patterns, the rules and ``regex``'s ``\\X``."""
 
 from __future__ import annotations
 
-import sys
-import unicodedata
+import importlib.util
+import pathlib
 
 import pytest
 import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reverserd.graphemes import (
-    Break,
-    Conjunct,
-    conjunct_break,
-    extended_pictographic,
-    grapheme_break,
-    graphemes,
-)
+from reverserd import _unicode_tables as tables
+from reverserd.graphemes import may_join, reverse_text
+from tests import grapheme_rules
+from tests.grapheme_rules import Conjunct, conjunct_break
 
-BREAK_NAMES = {
-    Break.OTHER: "Other", Break.CR: "CR", Break.LF: "LF", Break.CONTROL: "Control",
-    Break.EXTEND: "Extend", Break.ZWJ: "ZWJ", Break.REGIONAL_INDICATOR: "Regional_Indicator",
-    Break.PREPEND: "Prepend", Break.SPACING_MARK: "SpacingMark", Break.L: "L", Break.V: "V",
-    Break.T: "T", Break.LV: "LV", Break.LVT: "LVT",
-}
-CONJUNCT_NAMES = {
-    Conjunct.NONE: "None", Conjunct.CONSONANT: "Consonant",
-    Conjunct.EXTEND: "Extend", Conjunct.LINKER: "Linker",
-}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def same_category_in_both(char: str) -> bool:
-    """The oracle may know a newer Unicode than ``unicodedata``: compare only
-    characters both versions give the same general category."""
-    category = unicodedata.category(char)
-    if category in ("Cn", "Cs", "Co"):
-        return False
-    return regex.match(rf"\p{{gc={category}}}", char) is not None
+def test_the_tables_are_what_the_generator_makes_from_the_installed_unicode_data() -> None:
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts/gen_unicode_tables.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.render() == pathlib.Path(tables.__file__).read_text(encoding="utf-8")
 
 
-COMPARABLE = [chr(cp) for cp in range(sys.maxunicode + 1) if same_category_in_both(chr(cp))]
-
-
-def test_every_character_has_the_oracles_grapheme_cluster_break() -> None:
-    patterns = {kind: regex.compile(rf"\p{{Grapheme_Cluster_Break={name}}}")
-                for kind, name in BREAK_NAMES.items()}
-    wrong = [f"U+{ord(c):04X}: {grapheme_break(c).name}"
-             for c in COMPARABLE if not patterns[grapheme_break(c)].match(c)]
-    assert wrong == []
-
-
-def test_every_character_has_the_oracles_conjunct_break_and_pictographic() -> None:
-    conjunct = {kind: regex.compile(rf"\p{{Indic_Conjunct_Break={name}}}")
-                for kind, name in CONJUNCT_NAMES.items()}
-    pictographic = regex.compile(r"\p{Extended_Pictographic}")
-    wrong = [f"U+{ord(c):04X}" for c in COMPARABLE
-             if not conjunct[conjunct_break(c)].match(c)
-             or extended_pictographic(c) != bool(pictographic.match(c))]
-    assert wrong == []
+def reversed_by_rules(text: str) -> str:
+    return "".join(reversed(list(grapheme_rules.clusters(text))))
 
 
 @pytest.mark.parametrize(
@@ -67,21 +36,28 @@ def test_every_character_has_the_oracles_conjunct_break_and_pictographic() -> No
         ("", []),
         ("abc", ["a", "b", "c"]),
         ("noe\u0308l", ["n", "o", "e\u0308", "l"]),
-        ("\r\n", ["\r\n"]),
+        ("\n\u0301", ["\n", "\u0301"]),
         ("\U0001F468\u200D\U0001F469\u200D\U0001F467",
          ["\U0001F468\u200D\U0001F469\u200D\U0001F467"]),
         ("\U0001F44D\U0001F3FD!", ["\U0001F44D\U0001F3FD", "!"]),
         ("\U0001F1EB\U0001F1F7\U0001F1E9\U0001F1EA\U0001F1EE",
          ["\U0001F1EB\U0001F1F7", "\U0001F1E9\U0001F1EA", "\U0001F1EE"]),
         ("\u1100\u1161\u11A8\uAC00", ["\u1100\u1161\u11A8", "\uAC00"]),
+        ("\uAC00\u11A8\u1161", ["\uAC00\u11A8", "\u1161"]),
         ("\u0915\u094D\u0937", ["\u0915\u094D\u0937"]),
+        ("\u0915\u094D\u200D\u0937\u093F", ["\u0915\u094D\u200D\u0937\u093F"]),
         ("a\u094D\u0937", ["a\u094D", "\u0937"]),
+        # a linker that is no mark: a break before it, yet it joins the next consonant
+        ("\uA9E4\U00011A3A\u106F", ["\uA9E4", "\U00011A3A\u106F"]),
         ("\u0600a", ["\u0600a"]),
+        ("\u0600\u0600\n", ["\u0600\u0600", "\n"]),
         ("a\u0903", ["a\u0903"]),
+        ("\U000110BD\U00011083", ["\U000110BD\U00011083"]),
     ],
 )
-def test_known_segmentations(text: str, clusters: list[str]) -> None:
-    assert list(graphemes(text)) == clusters
+def test_known_clusters_are_kept_whole(text: str, clusters: list[str]) -> None:
+    assert list(grapheme_rules.clusters(text)) == clusters
+    assert reverse_text(text) == "".join(reversed(clusters))
 
 
 def orphan_linker(text: str) -> bool:
@@ -89,7 +65,7 @@ def orphan_linker(text: str) -> bool:
 
     GB9c only joins a linker to the next consonant when a consonant came
     before it; the oracle (regex 2026.11) joins them regardless, so such
-    text is left out of the comparison and pinned by the known cases above.
+    text is left out of the comparison with it and pinned by the known cases.
     """
     after_consonant = False
     for char in text:
@@ -103,27 +79,69 @@ def orphan_linker(text: str) -> bool:
     return False
 
 
+def one_of_each(*ranges: tuple[tuple[int, int], ...]) -> list[str]:
+    """The first, a middle and the last code point of every range: astral ones too."""
+    return sorted({chr(code_point) for table in ranges for start, end in table
+                   for code_point in (start, (start + end) // 2, end)})
+
+
+# Every property's characters, those every rule turns on, and ordinary ones.
 TRICKY = [chr(cp) for cp in (
     0x200D, 0x200C, 0x094D, 0x0915, 0x0937, 0x0301, 0x0308, 0x1F3FB, 0x1F1E6, 0x1F1E7,
     0x1F468, 0x2764, 0xFE0F, 0x1100, 0x1161, 0x11A8, 0xAC00, 0xAC01, 0x0600, 0x0903,
-    0x0E33, 0x0D, 0x0A, 0x61, 0xE0067,
+    0x0E33, 0x0D, 0x0A, 0x61, 0xE0067, 0x00AD, 0x4E2D, 0x0436, 0x10FFFD, 0xE0001,
 )]
-mixed_text = st.lists(
-    st.one_of(st.sampled_from(TRICKY), st.sampled_from(COMPARABLE)), max_size=12
-).map("".join)
+PROPERTY_CHARACTERS = one_of_each(
+    tables.CONTROL, tables.EXTEND, tables.SPACINGMARK, tables.PREPEND, tables.REGIONAL_INDICATOR,
+    tables.L, tables.V, tables.T, tables.LV, tables.LVT, tables.EXTENDED_PICTOGRAPHIC,
+    tables.INCB_CONSONANT, tables.INCB_LINKER, tables.INCB_EXTEND)
+any_character = st.characters(blacklist_categories=("Cs",))
+mixed_text = st.lists(st.one_of(st.sampled_from(TRICKY), st.sampled_from(PROPERTY_CHARACTERS),
+                                any_character), max_size=16).map("".join)
 
 
 @settings(max_examples=3000, deadline=None)
 @given(mixed_text)
-def test_clusters_agree_with_the_oracle(text: str) -> None:
-    if orphan_linker(text):
-        return
-    assert list(graphemes(text)) == regex.findall(r"\X", text)
+def test_the_rules_agree_with_the_oracle(text: str) -> None:
+    if not orphan_linker(text):
+        assert list(grapheme_rules.clusters(text)) == regex.findall(r"\X", text)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=4000, deadline=None)
+@given(mixed_text.map(lambda text: text.replace("\r\n", "\n")))
+def test_reversed_text_is_the_rules_clusters_in_reverse_order(text: str) -> None:
+    assert reverse_text(text) == reversed_by_rules(text)
+    if not orphan_linker(text):
+        assert reverse_text(text) == "".join(reversed(regex.findall(r"\X", text)))
+
+
+@settings(max_examples=2000, deadline=None)
 @given(mixed_text)
-def test_clusters_cover_the_text_exactly(text: str) -> None:
-    clusters = list(graphemes(text))
-    assert "".join(clusters) == text
-    assert all(clusters)
+def test_text_whose_bytes_cannot_join_is_all_one_character_clusters(text: str) -> None:
+    if not may_join(text.encode()):
+        assert list(grapheme_rules.clusters(text.replace("\r\n", "\n"))) == list(
+            text.replace("\r\n", "\n"))
+
+
+# Dense in the characters the conjunct and emoji rules turn on.
+JOINING = st.sampled_from([chr(cp) for cp in (
+    0x0915, 0x0937, 0x094D, 0x200D, 0x0301, 0x093F, 0xA9E4, 0x106F, 0x11A3A, 0x1CF5, 0x1CF6,
+    0x1F468, 0x1F3FB, 0x2764, 0xFE0F, 0x0600, 0x1F1E6, 0x61)])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(JOINING, max_size=12).map("".join))
+def test_conjuncts_and_emoji_sequences_reverse_as_the_rules_say(text: str) -> None:
+    assert reverse_text(text) == reversed_by_rules(text)
+
+
+def test_a_cr_before_an_lf_stays_on_its_own_side_when_text_is_reversed() -> None:
+    assert reverse_text("ab\r\ncd") == "dc\n\rba"
+    assert reverse_text("\u0301b\r\ncd") == "dc\n\rb\u0301"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(TRICKY + PROPERTY_CHARACTERS), max_size=400).map("".join))
+def test_long_runs_of_special_characters_reverse_as_the_rules_say(text: str) -> None:
+    clean = text.replace("\r\n", "\n")
+    assert reverse_text(clean) == reversed_by_rules(clean)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from typing import ClassVar
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reverserd import LineHandler, Reverser, TCPServer, protocol, reversal, reverse
+from reverserd import LineHandler, Reverser, TCPServer, protocol, reverse
 from reverserd.errors import UserError
 
 
@@ -136,20 +137,24 @@ def not_a_command(line: bytes) -> bool:
 
 
 lines_without_commands = st.one_of(
+    # invalid UTF-8 is answered line by line, valid text and ASCII a block at a time
     st.lists(st.binary(max_size=40).filter(lambda line: b"\n" not in line and
                                            not_a_command(line)), max_size=20),
-    # plain ASCII blocks take the whole-block path; a CR sends them line by line
     st.lists(st.text(st.sampled_from("ab z\r~0"), max_size=30).map(str.encode).filter(
         not_a_command), max_size=30),
+    st.lists(st.text(st.characters(blacklist_categories=("Cs",)), max_size=20).map(
+        lambda text: text.replace("\n", "").encode()), max_size=20),
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(lines_without_commands, st.sampled_from([b"\n", b"\r\n"]), st.data())
+@settings(max_examples=300, deadline=None)
+@given(lines_without_commands, st.data())
 def test_any_chunking_of_any_lines_is_answered_completely_and_in_order(
-    lines: list[bytes], ending: bytes, data: st.DataObject,
+    lines: list[bytes], data: st.DataObject,
 ) -> None:
-    stream = b"".join(line + ending for line in lines)
+    endings = data.draw(st.lists(st.sampled_from([b"\n", b"\r\n"]), min_size=len(lines),
+                                 max_size=len(lines)))
+    stream = b"".join(line + ending for line, ending in zip(lines, endings))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)])]
     assert asyncio.run(exchange(Reverser, *chunks)) == expected_replies(stream)
@@ -176,29 +181,84 @@ def test_a_subclass_that_answers_differently_is_never_answered_by_the_block_path
     assert reply == b"".join(b"LINE %d\n" % n for n in range(50))
 
 
-def test_ascii_lines_take_no_step_per_line_and_only_non_ascii_ones_meet_graphemes(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"reverse": 0, "graphemes": 0}
-    real_reverse, real_graphemes = protocol.reverse, reversal.graphemes
+@pytest.mark.parametrize("text", [
+    "plain ASCII",
+    "telnet's CRLF\r",
+    "Кириллица и 中文",
+    "क्षत्रिय Vie\u0302\u0323t \u1100\u1161\u11a8 \U0001F468\u200D\U0001F469 \U0001F1EB\U0001F1F7",
+])
+def test_valid_text_of_every_kind_takes_no_step_per_line(
+        monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    calls = []
+    real_reverse = protocol.reverse
 
     def counted_reverse(line: bytes) -> bytes:
-        calls["reverse"] += 1
+        calls.append(line)
         return real_reverse(line)
 
-    def counted_graphemes(text: str) -> object:
-        calls["graphemes"] += 1
-        return real_graphemes(text)
-
-    ascii_lines = b"".join(b"line %d\n" % number for number in range(100))
-    mixed = ascii_lines + "ñandú\n".encode()
-    expected_ascii, expected_mixed = expected_replies(ascii_lines), expected_replies(mixed)
     monkeypatch.setattr(protocol, "reverse", counted_reverse)
-    monkeypatch.setattr(reversal, "graphemes", counted_graphemes)
-    assert asyncio.run(exchange(Reverser, ascii_lines)) == expected_ascii
-    assert calls == {"reverse": 0, "graphemes": 0}
+    lines = b"".join(f"{text} {number}\n".encode() for number in range(100))
+    mixed_ends = lines + b"an LF line\n" + b"a CRLF line\r\n"
+    for stream in (lines, mixed_ends):
+        assert asyncio.run(exchange(Reverser, stream)) == expected_replies(stream)
+    assert calls == []
+    invalid = lines + b"not UTF-8 \xff\n"
+    assert asyncio.run(exchange(Reverser, invalid)) == expected_replies(invalid)
+    assert len(calls) == 101  # that block, line by line
 
-    assert asyncio.run(exchange(Reverser, mixed)) == expected_mixed
-    assert calls["graphemes"] == 1
+
+class Slow(LineHandler):
+    """Takes at least half a millisecond a line, and notes each loop turn's lines."""
+
+    turns: ClassVar[list[int]] = []
+
+    def line_received(self, line: bytes) -> bytes:
+        started = time.perf_counter()
+        while time.perf_counter() - started < 0.0005:
+            pass
+        Slow.turns[-1] += 1
+        return line
+
+
+async def lines_per_turn(handler: type[LineHandler], stream: bytes) -> list[int]:
+    """Answer ``stream`` in one write, and count the lines answered in each loop turn."""
+    handler.turns.clear()  # type: ignore[attr-defined]
+
+    async def count_turns() -> None:
+        while True:
+            handler.turns.append(0)  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    try:
+        assert await exchange(handler, stream) == stream
+    finally:
+        counter.cancel()
+    return [count for count in handler.turns if count]  # type: ignore[attr-defined]
+
+
+def test_lines_answered_one_by_one_share_the_loop_a_few_milliseconds_at_a_time() -> None:
+    turns = asyncio.run(lines_per_turn(Slow, b"x\n" * 400))
+    assert sum(turns) == 400
+    assert max(turns) <= protocol.TURN_SECONDS / 0.0005 + protocol.TURN_CHECK
+
+
+class Counting(Reverser):
+    turns: ClassVar[list[int]] = []
+
+    def answer_block(self, data: bytes, end: int) -> tuple[bytes, int] | None:
+        answered = super().answer_block(data, end)
+        if answered is not None:
+            Counting.turns[-1] += answered[1]
+        return answered
+
+
+def test_a_big_read_is_answered_a_part_at_a_time() -> None:
+    line = "क्ष".encode() * 5 + b"\n"  # its own reversal
+    stream = line * (4 * protocol.TURN_BYTES // len(line))
+    turns = asyncio.run(lines_per_turn(Counting, stream))
+    assert sum(turns) == stream.count(b"\n")
+    assert max(turns) <= protocol.TURN_BYTES // len(line)
 
 
 def test_a_connection_makes_no_task_and_its_lines_no_log_call(

@@ -1,252 +1,276 @@
-"""Extended grapheme clusters (Unicode Standard Annex #29), from ``unicodedata``.
+"""Text reversed by extended grapheme cluster (Unicode Standard Annex #29), at C speed.
 
 A line must be reversed by what a reader sees as one character, or combining
-marks land on the wrong letter and emoji fall apart. The standard library has
-no segmentation, so the Grapheme_Cluster_Break property is derived here from
-``unicodedata.category`` plus the few short lists the standard defines by
-hand; Extended_Pictographic and Indic_Conjunct_Break come from the generated
-``_unicode_tables`` module.
+marks land on the wrong letter and emoji fall apart. Rules GB3 to GB999 are
+written here as a regular expression over character classes built from
+``_unicode_tables``, so a whole read is reversed by the C engine of ``re``
+in a handful of calls instead of a Python step per character.
+
+Three choices make it fast:
+
+- The text is reversed by code point first, and the pattern finds the
+  clusters of the reversed text, each written backwards. Most clusters of
+  more than one character then start with a mark (a letter's marks come
+  before it), so ``re`` skips everything else with its tight first-character
+  scan instead of trying a match at every position.
+- Only clusters of more than one character are cut out; the runs between
+  them are already in order, and the clusters are turned the right way
+  round all at once (joined by a separator, reversed, split).
+- ``re`` decides membership of a Basic Multilingual Plane character with one
+  bitmap lookup, but walks every range above U+FFFF in turn; so each class is
+  split into its BMP bitmap and, behind a single "is it above U+FFFF" test,
+  its astral ranges grouped by block.
 """
 
 from __future__ import annotations
 
-import bisect
-import enum
-import unicodedata
-from collections.abc import Iterator
+import functools
+import re
+from collections.abc import Iterable
 
-from reverserd import _unicode_tables
+from reverserd import _unicode_tables as tables
 
+Ranges = Iterable[tuple[int, int]]
 
-class Break(enum.IntEnum):
-    """Grapheme_Cluster_Break values; ``OTHER`` is the standard's ``Any``."""
-
-    OTHER = 0
-    CR = 1
-    LF = 2
-    CONTROL = 3
-    EXTEND = 4
-    ZWJ = 5
-    REGIONAL_INDICATOR = 6
-    PREPEND = 7
-    SPACING_MARK = 8
-    L = 9
-    V = 10
-    T = 11
-    LV = 12
-    LVT = 13
+ASTRAL_START = 0x10000
+ASTRAL_BLOCK = 0x400  # astral ranges are looked up within blocks of this size
+HULL_BLOCK = 0x1000  # a first check lets through the astral blocks of this size a class meets
+ALL_ASTRAL = ((ASTRAL_START, 0x10FFFF),)
+# Decoded UTF-8 never holds surrogates, so the reversal code may use them as
+# markers; every pattern here keeps them clusters of their own.
+SURROGATES = ((0xD800, 0xDFFF),)
+CR, LF, ZWJ = ((0x0D, 0x0D),), ((0x0A, 0x0A),), ((0x200D, 0x200D),)
 
 
-class Conjunct(enum.IntEnum):
-    """Indic_Conjunct_Break values, which decide rule GB9c."""
-
-    NONE = 0
-    CONSONANT = 1
-    EXTEND = 2
-    LINKER = 3
+def _points(ranges: Ranges) -> set[int]:
+    return {code_point for start, end in ranges for code_point in range(start, end + 1)}
 
 
-# Code points the standard lists by hand rather than by general category.
-_PREPEND = frozenset(
-    [*range(0x0600, 0x0606), 0x06DD, 0x070F, 0x0890, 0x0891, 0x08E2, 0x0D4E,
-     0x110BD, 0x110CD, 0x111C2, 0x111C3, 0x113D1, 0x1193F, 0x11941,
-     *range(0x11A84, 0x11A8A), 0x11D46, 0x11F02]
-)
-_OTHER_GRAPHEME_EXTEND = frozenset(
-    [0x09BE, 0x09D7, 0x0B3E, 0x0B57, 0x0BBE, 0x0BD7, 0x0CC0, 0x0CC2, 0x0CC7,
-     0x0CC8, 0x0CCA, 0x0CCB, 0x0CD5, 0x0CD6, 0x0D3E, 0x0D57, 0x0DCF, 0x0DDF,
-     0x1715, 0x1734, 0x1B35, 0x1B3B, 0x1B3D, 0x1B43, 0x1B44, 0x1BAA, 0x1BF2,
-     0x1BF3, 0x200C, 0x302E, 0x302F, 0xA953, 0xA9C0, 0xFF9E, 0xFF9F, 0x111C0,
-     0x11235, 0x1133E, 0x1134D, 0x11357, 0x113B8, 0x113C2, 0x113C5, 0x113C7,
-     0x113C8, 0x113C9, 0x113CF, 0x114B0, 0x114BD, 0x115AF, 0x116B6, 0x11930,
-     0x1193D, 0x11F41, 0x16FF0, 0x16FF1, 0x1D165, 0x1D166, *range(0x1D16D, 0x1D173),
-     *range(0x1F3FB, 0x1F400), *range(0xE0020, 0xE0080)]
-)
-_SPACING_MARK_EXTRA = frozenset([0x0E33, 0x0EB3])
-_SPACING_MARK_EXCLUDED = frozenset(
-    [0x102B, 0x102C, 0x1038, 0x1062, 0x1063, 0x1064, *range(0x1067, 0x106E),
-     0x1083, *range(0x1087, 0x108D), 0x108F, 0x109A, 0x109B, 0x109C, 0x1A61,
-     0x1A63, 0x1A64, 0xAA7B, 0xAA7D, 0x11720, 0x11721]
-)
-_CONTROL_CATEGORIES = frozenset(["Zl", "Zp", "Cc", "Cf"])
-_HANGUL_SYLLABLES = range(0xAC00, 0xD7A4)
-_HANGUL_L = (range(0x1100, 0x1160), range(0xA960, 0xA97D))
-_HANGUL_V = (range(0x1160, 0x11A8), range(0xD7B0, 0xD7C7))
-_HANGUL_T = (range(0x11A8, 0x1200), range(0xD7CB, 0xD7FC))
-_ZWJ = 0x200D
-_ZWNJ = 0x200C
-
-
-class _RangeSet:
-    """Membership in a sorted tuple of inclusive ranges, by binary search."""
-
-    def __init__(self, ranges: tuple[tuple[int, int], ...]) -> None:
-        self._starts = [start for start, _ in ranges]
-        self._ends = [end for _, end in ranges]
-
-    def __contains__(self, code_point: int) -> bool:
-        index = bisect.bisect_right(self._starts, code_point) - 1
-        return index >= 0 and code_point <= self._ends[index]
-
-
-_EXTENDED_PICTOGRAPHIC = _RangeSet(_unicode_tables.EXTENDED_PICTOGRAPHIC)
-_INCB_CONSONANT = _RangeSet(_unicode_tables.INCB_CONSONANT)
-_INCB_LINKER = _RangeSet(_unicode_tables.INCB_LINKER)
-
-
-def _hangul_break(code_point: int) -> Break | None:
-    if code_point in _HANGUL_SYLLABLES:
-        return Break.LV if (code_point - 0xAC00) % 28 == 0 else Break.LVT
-    for kind, blocks in ((Break.L, _HANGUL_L), (Break.V, _HANGUL_V), (Break.T, _HANGUL_T)):
-        if any(code_point in block for block in blocks):
-            return kind
-    return None
-
-
-def grapheme_break(char: str) -> Break:
-    """The Grapheme_Cluster_Break property of one character."""
-    code_point = ord(char)
-    if char == "\r":
-        return Break.CR
-    if char == "\n":
-        return Break.LF
-    if code_point == _ZWJ:
-        return Break.ZWJ
-    if 0x1F1E6 <= code_point <= 0x1F1FF:
-        return Break.REGIONAL_INDICATOR
-    if code_point in _PREPEND:
-        return Break.PREPEND
-    hangul = _hangul_break(code_point)
-    if hangul is not None:
-        return hangul
-    category = unicodedata.category(char)
-    if category in ("Mn", "Me") or code_point in _OTHER_GRAPHEME_EXTEND:
-        return Break.EXTEND
-    if category in _CONTROL_CATEGORIES:
-        return Break.CONTROL
-    if code_point in _SPACING_MARK_EXTRA or (
-        category == "Mc" and code_point not in _SPACING_MARK_EXCLUDED
-    ):
-        return Break.SPACING_MARK
-    return Break.OTHER
-
-
-def extended_pictographic(char: str) -> bool:
-    """The Extended_Pictographic property (emoji and their reserved blocks)."""
-    return ord(char) in _EXTENDED_PICTOGRAPHIC
-
-
-def conjunct_break(char: str) -> Conjunct:
-    """The Indic_Conjunct_Break property of one character."""
-    code_point = ord(char)
-    if code_point in _INCB_LINKER:
-        return Conjunct.LINKER
-    if code_point in _INCB_CONSONANT:
-        return Conjunct.CONSONANT
-    if code_point != _ZWNJ and grapheme_break(char) in (Break.EXTEND, Break.ZWJ):
-        return Conjunct.EXTEND
-    return Conjunct.NONE
-
-
-_PROPERTIES: dict[str, tuple[Break, bool, Conjunct]] = {}
-
-
-def _properties(char: str) -> tuple[Break, bool, Conjunct]:
-    """All three properties of ``char``, computed once per distinct character."""
-    found = _PROPERTIES.get(char)
-    if found is None:
-        found = (grapheme_break(char), extended_pictographic(char), conjunct_break(char))
-        if len(_PROPERTIES) < 16384:  # bounded, whatever clients send
-            _PROPERTIES[char] = found
+def _ranges(code_points: set[int]) -> list[tuple[int, int]]:
+    found: list[tuple[int, int]] = []
+    for code_point in sorted(code_points):
+        if found and found[-1][1] == code_point - 1:
+            found[-1] = (found[-1][0], code_point)
+        else:
+            found.append((code_point, code_point))
     return found
 
 
-_HANGUL_L_FOLLOWERS = frozenset([Break.L, Break.V, Break.LV, Break.LVT])
-_ALWAYS_ALONE = frozenset([Break.CONTROL, Break.CR, Break.LF])
+CONTROL = (*tables.CONTROL, *SURROGATES, *CR, *LF)  # always a cluster of its own (GB4, GB5)
+POST = (*tables.EXTEND, *ZWJ, *tables.SPACINGMARK)  # joins whatever comes before (GB9, GB9a)
+HANGUL = (*tables.L, *tables.V, *tables.T, *tables.LV, *tables.LVT)
+CONSONANT, LINKER = tables.INCB_CONSONANT, tables.INCB_LINKER
+# A linker that is no mark (GB9c still joins the next consonant to it, but
+# a break comes before it).
+LOOSE_LINKER = _ranges(_points(LINKER) - _points(POST))
+ATTACHED_LINK = _ranges(_points(tables.INCB_EXTEND) | (_points(LINKER) & _points(POST)))
+# A base whose cluster may be more than "the base, then marks".
+SPECIAL_BASES = (*CONTROL, *tables.PREPEND, *HANGUL, *tables.REGIONAL_INDICATOR,
+                 *tables.EXTENDED_PICTOGRAPHIC, *CONSONANT)
 
 
-def graphemes(text: str) -> Iterator[str]:
-    """Split ``text`` into extended grapheme clusters, in order.
+def _escape(code_point: int) -> str:
+    return re.escape(chr(code_point))
 
-    Each boundary follows rules GB3 to GB999 of UAX #29. The three pieces of
-    state carry what the pairwise rules cannot see: an emoji ZWJ sequence in
-    progress (GB11), an Indic conjunct in progress (GB9c) and the parity of a
-    run of regional indicators (GB12, GB13).
+
+def _set_body(ranges: Ranges) -> str:
+    return "".join(_escape(start) if start == end else f"{_escape(start)}-{_escape(end)}"
+                   for start, end in sorted(ranges))
+
+
+def _bmp(ranges: Ranges) -> list[tuple[int, int]]:
+    return [(start, min(end, ASTRAL_START - 1)) for start, end in ranges if start < ASTRAL_START]
+
+
+def _astral(ranges: Ranges) -> list[tuple[int, int]]:
+    return [(max(start, ASTRAL_START), end) for start, end in ranges if end >= ASTRAL_START]
+
+
+def _bmp_class(ranges: Ranges) -> str:
+    """The BMP part of ``ranges``: one bitmap lookup per character."""
+    return f"[{_set_body(_bmp(ranges))}]"
+
+
+def _bmp_or_astral(ranges: Ranges) -> str:
+    """The BMP part of ``ranges`` and the astral planes it reaches: a cheap first check."""
+    blocks = {block for start, end in _astral(ranges)
+              for block in range(start // HULL_BLOCK, end // HULL_BLOCK + 1)}
+    hull = [(first * HULL_BLOCK, (last + 1) * HULL_BLOCK - 1) for first, last in _ranges(blocks)]
+    return f"[{_set_body([*_bmp(ranges), *hull])}]"
+
+
+def _astral_check(ranges: Ranges) -> str:
+    """Zero-width: the character just consumed is one of the astral ``ranges``.
+
+    Grouped by block, so a character is compared with the few ranges of its
+    own block instead of with all of them.
     """
-    if not text:
-        return
-    start = 0
-    previous, pictographic, conjunct = _properties(text[0])
-    emoji_sequence = 1 if pictographic else 0  # 1: pictograph + Extend*, 2: then ZWJ
-    conjunct_sequence = 1 if conjunct is Conjunct.CONSONANT else 0  # 2: linker seen
-    regional_run = 1 if previous is Break.REGIONAL_INDICATOR else 0
-    for index in range(1, len(text)):
-        current, pictographic, conjunct = _properties(text[index])
-        if current is Break.OTHER and not pictographic and conjunct is Conjunct.NONE:
-            # The common case: only GB9b (after Prepend) keeps it attached,
-            # and it ends every sequence in progress.
-            if previous is not Break.PREPEND:
-                yield text[start:index]
-                start = index
-            emoji_sequence = conjunct_sequence = regional_run = 0
-            previous = current
-            continue
-        if _is_boundary(previous, current, pictographic, conjunct,
-                        emoji_sequence, conjunct_sequence, regional_run):
-            yield text[start:index]
-            start = index
-        emoji_sequence = _next_emoji_state(emoji_sequence, current, pictographic)
-        conjunct_sequence = _next_conjunct_state(conjunct_sequence, conjunct)
-        regional_run = regional_run + 1 if current is Break.REGIONAL_INDICATOR else 0
-        previous = current
-    yield text[start:]
+    blocks: dict[int, list[tuple[int, int]]] = {}
+    for start, end in _astral(ranges):
+        while start <= end:
+            block = start // ASTRAL_BLOCK
+            last = min(end, (block + 1) * ASTRAL_BLOCK - 1)
+            blocks.setdefault(block, []).append((start, last))
+            start = last + 1
+    if not blocks:
+        return "(?!)"
+    checks = [f"[{_escape(block * ASTRAL_BLOCK)}-{_escape((block + 1) * ASTRAL_BLOCK - 1)}]"
+              f"(?<=[{_set_body(members)}])" for block, members in blocks.items()]
+    return f"(?<={'|'.join(checks)})"
 
 
-def _is_boundary(
-    previous: Break,
-    current: Break,
-    pictographic: bool,
-    conjunct: Conjunct,
-    emoji_sequence: int,
-    conjunct_sequence: int,
-    regional_run: int,
-) -> bool:
-    if previous is Break.CR and current is Break.LF:
-        return False
-    if previous in _ALWAYS_ALONE or current in _ALWAYS_ALONE:
-        return True
-    if previous is Break.L and current in _HANGUL_L_FOLLOWERS:
-        return False
-    if previous in (Break.LV, Break.V) and current in (Break.V, Break.T):
-        return False
-    if previous in (Break.LVT, Break.T) and current is Break.T:
-        return False
-    if current in (Break.EXTEND, Break.ZWJ, Break.SPACING_MARK) or previous is Break.PREPEND:
-        return False
-    if conjunct is Conjunct.CONSONANT and conjunct_sequence == 2:
-        return False
-    if previous is Break.ZWJ and pictographic and emoji_sequence == 2:
-        return False
-    if previous is Break.REGIONAL_INDICATOR and current is Break.REGIONAL_INDICATOR:
-        return regional_run % 2 == 0
-    return True
+def member(ranges: Ranges) -> str:
+    """One character of ``ranges``."""
+    astral = f"[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}"
+    if not _astral(ranges):
+        return _bmp_class(ranges)
+    if not _bmp(ranges):
+        return f"(?:{astral})"
+    return f"(?:{_bmp_class(ranges)}|{astral})"
 
 
-def _next_emoji_state(state: int, current: Break, pictographic: bool) -> int:
-    if pictographic:
-        return 1
-    if state == 1 and current is Break.EXTEND:
-        return 1
-    if state == 1 and current is Break.ZWJ:
-        return 2
-    return 0
+def run_of(ranges: Ranges, possessive: bool = True) -> str:
+    """Zero or more characters of ``ranges``, BMP ones at bitmap speed."""
+    repeat = "*+" if possessive else "*"
+    bmp = f"{_bmp_class(ranges)}{repeat}"
+    if not _astral(ranges):
+        return bmp
+    return f"{bmp}(?:[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}{bmp}){repeat}"
 
 
-def _next_conjunct_state(state: int, conjunct: Conjunct) -> int:
-    if conjunct is Conjunct.CONSONANT:
-        return 1
-    if state and conjunct is Conjunct.LINKER:
-        return 2
-    if state and conjunct is Conjunct.EXTEND:
-        return state
-    return 0
+def _after(ranges: Ranges) -> str:
+    """Zero-width: the character just consumed is one of ``ranges``."""
+    return f"(?<={member(ranges)})"
+
+
+# Each piece below reads reversed text: a cluster's last character first.
+_RI = member(tables.REGIONAL_INDICATOR)
+_L, _V, _T = member(tables.L), member(tables.V), member(tables.T)
+_LV, _LVT = member(tables.LV), member(tables.LVT)
+# GB9c: consonant, [extend linker]* with a linker, consonant. Consonant and
+# linkers stay together only as far as the linkers are marks.
+_LINKED = (f"(?={run_of(tables.INCB_EXTEND)}{member(LINKER)}"
+           f"{run_of((*tables.INCB_EXTEND, *LINKER))}{member(CONSONANT)})"
+           f"{run_of(ATTACHED_LINK)}")
+_AFTER_CONSONANT = f"(?:{_LINKED}{member(CONSONANT)})*(?:{_LINKED}{member(LOOSE_LINKER)})?"
+_MORE_AFTER_CONSONANT = (f"(?:{_LINKED}{member(CONSONANT)})+(?:{_LINKED}{member(LOOSE_LINKER)})?"
+                         f"|{_LINKED}{member(LOOSE_LINKER)}")
+# GB11: pictograph, Extend*, ZWJ, pictograph.
+_EMOJI_LINK = f"{member(ZWJ)}{run_of(tables.EXTEND)}{member(tables.EXTENDED_PICTOGRAPHIC)}"
+# GB12, GB13: regional indicators pair from the start of their run, which is
+# the end of the reversed run: after an odd one out, if any, in pairs.
+_AFTER_REGIONAL = f"(?:(?<={_RI}{_RI}){_RI}|(?=(?:{_RI}{_RI})*+(?!{_RI}))|{_RI})"
+# GB6-GB8, backwards: T* (V+ LV? | LV | LVT) L*, or L+, or T+.
+_AFTER_T = f"{_T}*+(?:(?:{_V}++{_LV}?|{_LV}|{_LVT}){_L}*+)?"
+_AFTER_V = f"{_V}*+{_LV}?{_L}*+"
+_AFTER_L = f"{_L}*+"
+
+
+def _base(prepend: bool) -> str:
+    """The character a reversed run of marks ends at, with what joins it from before."""
+    plain = [*CONTROL, *HANGUL, *tables.REGIONAL_INDICATOR, *tables.EXTENDED_PICTOGRAPHIC,
+             *CONSONANT, *([] if prepend else tables.PREPEND)]
+    return "|".join([
+        f"[^{_set_body([*_bmp(plain), *ALL_ASTRAL])}]",
+        f"{member(CONSONANT)}{_AFTER_CONSONANT}",
+        f"{member(tables.EXTENDED_PICTOGRAPHIC)}(?:{_EMOJI_LINK})*",
+        f"{_T}{_AFTER_T}",
+        f"{_V}{_AFTER_V}",
+        f"{member((*tables.L, *tables.LV, *tables.LVT))}{_AFTER_L}",
+        f"{_RI}{_AFTER_REGIONAL}",
+        f"[{_set_body(ALL_ASTRAL)}](?<!{member(CONTROL)})",
+    ])
+
+
+def _reversed_clusters(prepend: bool) -> str:
+    """Every cluster of more than one character (and some of one), reversed.
+
+    Each starts with a character of one first-character class, whose
+    alternatives then tell apart by looking back at it. With ``prepend``
+    (GB9b: prepends join what follows them, so in reversed text what comes
+    before them), any character may start a cluster, and the scan is slower.
+    """
+    first = [*POST, *HANGUL, *tables.EXTENDED_PICTOGRAPHIC, *CONSONANT]
+    marks_then_base = f"{run_of(POST, possessive=False)}(?:{_base(prepend)})"
+    # Cheap looks at the next character first, so that a character which
+    # starts no longer cluster (a plain emoji, a consonant) fails at once.
+    links_next = f"(?={_bmp_or_astral((*tables.INCB_EXTEND, *LINKER))})"
+    zwj_next = f"(?={member(ZWJ)})"
+    vowels_next = f"(?={_bmp_or_astral((*tables.V, *tables.LV, *tables.L))})"
+    pattern = f"{_bmp_or_astral(first)}(?:" + "|".join([
+        f"(?<={_bmp_class(POST)}){marks_then_base}",
+        f"(?<={_bmp_class(CONSONANT)}){links_next}(?:{_MORE_AFTER_CONSONANT})",
+        f"(?<={_bmp_class(tables.EXTENDED_PICTOGRAPHIC)}){zwj_next}(?:{_EMOJI_LINK})+",
+        f"(?<={_bmp_class(tables.T)}){_AFTER_T}",
+        f"(?<={_bmp_class(tables.V)}){_AFTER_V}",
+        f"(?<={_bmp_class((*tables.L, *tables.LV, *tables.LVT))}){_AFTER_L}",
+        f"(?<=[{_set_body(ALL_ASTRAL)}])(?:" + "|".join([
+            f"{zwj_next}{_after(tables.EXTENDED_PICTOGRAPHIC)}(?:{_EMOJI_LINK})+",
+            f"{_after(tables.REGIONAL_INDICATOR)}{_AFTER_REGIONAL}",
+            f"{links_next}{_after(CONSONANT)}(?:{_MORE_AFTER_CONSONANT})",
+            f"{vowels_next}{_after(tables.V)}{_AFTER_V}",
+            f"{_after(POST)}{marks_then_base}",
+        ]) + ")",
+    ]) + ")"
+    if prepend:
+        prepends = member(tables.PREPEND)
+        pattern = f"(?:{pattern}|[^{_set_body(CONTROL)}](?={prepends})){prepends}*"
+    return f"({pattern})"
+
+
+_REVERSED_CLUSTERS = _reversed_clusters(prepend=False)
+_REVERSED_CLUSTERS_WITH_PREPENDS = _reversed_clusters(prepend=True)
+# Characters without which every character is a cluster of its own.
+_JOINERS = (*POST, *tables.PREPEND, *tables.L, *tables.V, *tables.T, *LOOSE_LINKER,
+            *tables.REGIONAL_INDICATOR)  # a syllable (LV, LVT) joins only these
+_MAY_JOIN = _bmp_or_astral(_JOINERS)
+# The first bytes of their UTF-8 forms (and of every form above U+FFFF):
+# most scripts (CJK and Cyrillic among them) share none, and deleting them
+# from a whole read is cheaper than scanning its decoded text.
+_JOINER_LEAD_BYTES = bytes(sorted(
+    {chr(code_point).encode("utf-8", "surrogatepass")[0] for code_point in _points(_bmp(_JOINERS))}
+    | set(range(0xF0, 0xF5))))
+_HAS_PREPEND = f"{_bmp_or_astral(tables.PREPEND)}{_after(tables.PREPEND)}"
+_CLUSTER_SEPARATOR = "\udfff"
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def prepare() -> None:
+    """Compile the patterns now: tens of milliseconds that would otherwise
+    hold up the first line of text, and that commands serving no client
+    (``status``, ``stop``) never pay."""
+    for pattern in (_MAY_JOIN, _HAS_PREPEND, _REVERSED_CLUSTERS, _REVERSED_CLUSTERS_WITH_PREPENDS):
+        _compiled(pattern)
+
+
+def may_join(utf8: bytes) -> bool:
+    """False when no character of ``utf8`` can belong to a cluster of more
+    than one: its text may then be reversed by code point."""
+    return len(utf8.translate(None, _JOINER_LEAD_BYTES)) != len(utf8)
+
+
+def reverse_text(text: str) -> str:
+    """``text`` with its grapheme clusters in reverse order, each kept whole.
+
+    A CR before an LF stays a cluster of its own here (UAX #29 joins them),
+    so a block of lines reversed at once still splits at every LF. ``text``
+    must hold no surrogates, which decoded UTF-8 never does.
+    """
+    if _compiled(_MAY_JOIN).search(text) is None:
+        return text[::-1]  # every character a cluster of its own
+    if _compiled(_HAS_PREPEND).search(text) is None:
+        clusters_of = _compiled(_REVERSED_CLUSTERS)
+    else:
+        clusters_of = _compiled(_REVERSED_CLUSTERS_WITH_PREPENDS)
+    reversed_text = text[::-1]
+    pieces = clusters_of.split(reversed_text)
+    if len(pieces) == 1:
+        return reversed_text
+    clusters = _CLUSTER_SEPARATOR.join(pieces[1::2])[::-1].split(_CLUSTER_SEPARATOR)
+    clusters.reverse()
+    pieces[1::2] = clusters
+    return "".join(pieces)

@@ -1,10 +1,12 @@
 """Line protocols: framing, commands, backpressure, and the reversing protocol.
 
 ``LineHandler`` serves one connection as an ``asyncio.Protocol``: each
-chunk the transport reads is answered in full by a single ``write``, with
-no coroutine, task or future per line or even per connection. When the
-peer stops reading and the transport's buffer fills, reading pauses, so a
-client that never reads stalls only itself. Subclasses give
+chunk the transport reads is answered by a single ``write``, with no
+coroutine, task or future per line or even per connection. When the peer
+stops reading and the transport's buffer fills, reading pauses, so a client
+that never reads stalls only itself. A chunk too big to answer in one turn
+of the event loop is answered over several, reading paused meanwhile, so no
+client's text holds up the others' replies. Subclasses give
 ``line_received`` for ordinary lines and ``handle_<name>`` methods for
 command lines.
 """
@@ -17,13 +19,15 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Callable
 from typing import ClassVar, cast
 
 from reverserd.addresses import format_sockaddr
+from reverserd.graphemes import prepare
 from reverserd.kernel_queues import bytes_acked, reset_on_close, unacknowledged
 from reverserd.persist import restorable
-from reverserd.reversal import reverse
+from reverserd.reversal import reverse, reverse_block
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,13 @@ CR = b"\r"
 CRLF = b"\r\n"
 DEFAULT_MAX_LINE_LENGTH = 16384
 FIRST_BYTES_GRACE = 0.1  # seconds, at stop, for a connection that has sent nothing yet
+# One turn of the event loop answers at most this much of a connection's
+# input: whole lines up to TURN_BYTES, and lines answered one by one for at
+# most TURN_SECONDS (checked every TURN_CHECK lines), so that whatever a
+# client sends, the others wait a few milliseconds at most.
+TURN_BYTES = 16 * 1024
+TURN_SECONDS = 0.004
+TURN_CHECK = 32
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -54,6 +65,11 @@ def _command_table(handler_class: type) -> dict[bytes, str]:
     return table
 
 
+def _command_lines(commands: dict[bytes, str]) -> frozenset[bytes]:
+    """Every command line as splitting a block at LF leaves it: with its CR or without."""
+    return frozenset([*commands, *(name + CR for name in commands)])
+
+
 class LineHandler(asyncio.Protocol):
     """One connection of a line-based protocol.
 
@@ -71,11 +87,13 @@ class LineHandler(asyncio.Protocol):
         "_kernel_checked",
         "_limit",
         "_partial",
+        "_pending",
         "_progress_seen",
         "_quiet_since",
         "_stalled_since",
         "_stopping",
         "_taken_seen",
+        "_writing_paused",
         "close_reason",
         "lines_answered",
         "lines_unanswered",
@@ -86,12 +104,12 @@ class LineHandler(asyncio.Protocol):
 
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     _commands: ClassVar[dict[bytes, str]] = {}
-    _flipped_commands: ClassVar[tuple[bytes, ...]] = ()  # as they read in a reversed block
+    _command_lines: ClassVar[frozenset[bytes]] = frozenset()  # as split at LF: CR or not
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         cls._commands = _command_table(cls)
-        cls._flipped_commands = tuple(name[::-1] for name in cls._commands)
+        cls._command_lines = _command_lines(cls._commands)
 
     def __init__(self, max_line_length: int | None = None,
                  on_closed: Callable[[LineHandler], None] | None = None) -> None:
@@ -103,6 +121,8 @@ class LineHandler(asyncio.Protocol):
         self.peer_key: str | None = None  # the address counted against a per-peer limit
         self._limit = self.max_line_length if max_line_length is None else max_line_length
         self._partial = b""
+        self._pending: bytes | None = None  # read, not yet answered: reading is paused
+        self._writing_paused = False
         self._closing = False
         self._stopping = False
 
@@ -117,12 +137,18 @@ class LineHandler(asyncio.Protocol):
         """The reply to ``line`` (without its line end), or ``None`` for none."""
         return None
 
-    def answer_block(self, data: bytes, end: int) -> list[bytes] | None:
-        """The replies to all the lines of ``data[:end]`` at once, or ``None``.
+    @classmethod
+    def prepare(cls) -> None:
+        """Do, before the first client, the work the first line would otherwise wait for."""
+
+    def answer_block(self, data: bytes, end: int) -> tuple[bytes, int] | None:
+        """The replies to all the lines of ``data[:end + 1]`` at once, or ``None``.
 
         ``data[end]`` is the last LF of ``data``; what follows it is an
         unfinished line. A subclass may answer a common case here without a
-        Python step per line; ``None`` (the default) answers line by line.
+        Python step per line: the replies joined, each with its line end,
+        and how many lines they answer. ``None`` (the default) answers line
+        by line.
         """
         return None
 
@@ -148,7 +174,8 @@ class LineHandler(asyncio.Protocol):
         if self._stopping or self.transport is None:
             return
         self._stopping = True
-        self.transport.resume_reading()
+        if self._pending is None:
+            self.transport.resume_reading()
         if self.lines_answered or self._partial:  # it has sent something already
             self._shut_reading()
         else:
@@ -249,36 +276,62 @@ class LineHandler(asyncio.Protocol):
                 log.debug("connection from %s closed", self.peer)
             else:
                 log.debug("connection from %s lost: %s", self.peer, exc)
+        self._pending = None
         if self.on_closed is not None:
             self.on_closed(self)
 
     def pause_writing(self) -> None:
-        """The peer is not keeping up: read nothing more until it does."""
+        """The peer is not keeping up: read and answer nothing more until it does."""
         assert self.transport is not None
+        self._writing_paused = True
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         assert self.transport is not None
-        if not self._closing:
+        self._writing_paused = False
+        if self._closing:
+            return
+        if self._pending is None:
             self.transport.resume_reading()
+        else:
+            asyncio.get_running_loop().call_soon(self._answer_pending)
 
     def data_received(self, data: bytes) -> None:
-        if not self._closing:
+        if self._closing:
+            return
+        if self._pending is not None:  # reading was paused, but a loop may still deliver
+            self._pending += data
+        else:
             self._respond(data)
 
     def eof_received(self) -> None:
         """Answer an unfinished last line; returning ``None`` closes the transport."""
+        while self._pending is not None and not self._closing:  # everything read, now
+            data, self._pending = self._pending, None
+            self._respond(data)
         if self._partial and not self._closing:
             if self._stopping:
                 log.debug("dropping an unfinished line from %s at shutdown", self.peer)
             else:
                 self._respond(LF)
 
+    def _answer_pending(self) -> None:
+        """Answer the next turn's worth of what was read and not yet answered."""
+        data = self._pending
+        transport = self.transport
+        if data is None or transport is None or transport.is_closing() or self._writing_paused:
+            return
+        self._pending = None
+        self._respond(data)
+        if self._pending is None and not self._closing and not self._writing_paused:
+            transport.resume_reading()
+
     def _respond(self, data: bytes) -> None:
-        """Answer the lines ``data`` completes with a single write.
+        """Answer the lines ``data`` completes, or a turn's worth of them, with a single write.
 
         Replies to the lines before a failing one are still sent; the
-        failure closes only this connection.
+        failure closes only this connection. What a turn leaves unanswered
+        waits, reading paused, for the next turn (or for the peer to read).
         """
         transport = self.transport
         assert transport is not None
@@ -296,12 +349,24 @@ class LineHandler(asyncio.Protocol):
         if replies:
             transport.write(b"".join(replies))
         if self._closing:
+            self._pending = None
             transport.close()
+        elif self._pending is not None:
+            transport.pause_reading()
+            if not self._writing_paused:
+                asyncio.get_running_loop().call_soon(self._answer_pending)
 
     def _answer(self, data: bytes, replies: list[bytes]) -> None:
-        """Append to ``replies`` the answers to every line ``data`` completes."""
+        """Append to ``replies`` the answers to the lines ``data`` completes, a turn's worth."""
         if self._partial:
             data = self._partial + data
+        if len(data) > TURN_BYTES:
+            cut = data.rfind(LF, 0, TURN_BYTES)
+            if cut < 0:
+                cut = data.find(LF, TURN_BYTES)  # a single line longer than a turn
+            if 0 <= cut < len(data) - 1:
+                self._pending = data[cut + 1:]
+                data = data[:cut + 1]
         end = data.rfind(LF)
         if end < 0:
             self._partial = data
@@ -311,16 +376,20 @@ class LineHandler(asyncio.Protocol):
             if answers is None:
                 self._answer_each(data[:end].split(LF), replies)
             else:
-                self.lines_answered += len(answers)
-                answers.append(b"")  # so that one join also ends the last reply
-                replies.append(LF.join(answers))  # and the caller's join of one item is free
+                reply, count = answers
+                self.lines_answered += count
+                replies.append(reply)
         if len(self._partial) > self._limit and not self._closing:
             self._check_partial()
 
     def _answer_each(self, lines: list[bytes], replies: list[bytes]) -> None:
         limit = self._limit
         commands = self._commands
-        for line in lines:
+        deadline = time.perf_counter() + TURN_SECONDS
+        for index, line in enumerate(lines):
+            if index % TURN_CHECK == TURN_CHECK - 1 and time.perf_counter() > deadline:
+                self._defer(lines[index:])
+                return
             if line[-1:] == CR:
                 line = line[:-1]
                 ending = CRLF
@@ -338,6 +407,12 @@ class LineHandler(asyncio.Protocol):
             if self._closing:
                 return
 
+    def _defer(self, lines: list[bytes]) -> None:
+        """Leave ``lines`` (and the unfinished line after them) to the next turn."""
+        rest = LF.join([*lines, self._partial])
+        self._pending = rest if self._pending is None else rest + self._pending
+        self._partial = b""
+
     def _check_partial(self) -> None:
         """Refuse an unfinished line longer than the limit (its CR not counted)."""
         partial = self._partial
@@ -353,6 +428,7 @@ class LineHandler(asyncio.Protocol):
 
 
 LineHandler._commands = _command_table(LineHandler)
+LineHandler._command_lines = _command_lines(LineHandler._commands)
 
 
 @restorable
@@ -367,26 +443,26 @@ class Reverser(LineHandler):
         super().__init_subclass__(**kwargs)
         cls._reverses_blocks = cls.line_received is Reverser.line_received
 
+    @classmethod
+    def prepare(cls) -> None:
+        prepare()
+
     def line_received(self, line: bytes) -> bytes:
         return reverse(line)
 
-    def answer_block(self, data: bytes, end: int) -> list[bytes] | None:
-        """Reverse a block of plain ASCII lines without a Python step per line.
+    def answer_block(self, data: bytes, end: int) -> tuple[bytes, int] | None:
+        """Reverse every line of a block at once (see ``reverse_block``).
 
-        Reversing the whole block reverses every line and also their order;
-        splitting and putting the order back leaves each line reversed in
-        place. The block is reversed straight out of ``data``, without a
-        copy of it first. Only for blocks where that is exactly what
-        ``line_received`` would do: ASCII, no CR, no command line, no line
-        over the limit, and ``line_received`` not overridden.
+        Only where that is exactly what ``line_received`` would do line by
+        line: no command line in the block, no line over the limit, and
+        ``line_received`` not overridden. A command's name found anywhere in
+        the block costs a look at each line; finding none costs a substring
+        search.
         """
-        if not (self._reverses_blocks and data.isascii()) or CR in data:
+        if not self._reverses_blocks:
             return None
-        flipped = data[end - 1::-1].split(LF) if end else [b""]
-        if end > self._limit and max(map(len, flipped)) > self._limit:
-            return None
-        for flipped_command in self._flipped_commands:
-            if flipped_command in flipped:
+        block = data[:end + 1]
+        for name in self._commands:
+            if name in block and not self._command_lines.isdisjoint(block.split(LF)):
                 return None
-        flipped.reverse()
-        return flipped
+        return reverse_block(block, self._limit)

@@ -1,8 +1,19 @@
-"""Reversing one line the way a reader would expect."""
+"""Reversing lines the way a reader would expect, one at a time or a whole read at once."""
 
 from __future__ import annotations
 
-from reverserd.graphemes import graphemes
+import re
+from collections.abc import Callable
+from typing import AnyStr
+
+from reverserd.graphemes import may_join, reverse_text
+
+# Stands for a CRLF line end while a block mixing LF and CRLF lines is
+# reversed: a byte no ASCII text holds, a code point no decoded UTF-8 holds.
+_BYTE_MARK = b"\xff"
+_TEXT_MARK = "\ud800"
+_BYTE_LINE_ENDS = re.compile(b"([\n\xff])")
+_TEXT_LINE_ENDS = re.compile("([\n\ud800])")
 
 
 def reverse(line: bytes) -> bytes:
@@ -20,4 +31,74 @@ def reverse(line: bytes) -> bytes:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         return line[::-1]
-    return "".join(reversed(list(graphemes(text)))).encode("utf-8")
+    return (reverse_text(text) if may_join(line) else text[::-1]).encode("utf-8")
+
+
+def reverse_block(block: bytes, limit: int) -> tuple[bytes, int] | None:
+    """The replies to every line of ``block`` at once, and how many lines.
+
+    ``block`` ends with an LF. Each reply is what ``reverse`` gives for its
+    line, ended as its line was (LF or CRLF). ``None`` when some line is
+    longer than ``limit`` bytes or the block is not UTF-8: those are
+    answered line by line.
+    """
+    if block.isascii():
+        replies, lines = _reverse_lines(block, _flip_bytes, b"\n", b"\r\n", _BYTE_MARK,
+                                        _BYTE_LINE_ENDS)
+        if len(block) > limit and max(map(len, lines)) > limit:
+            return None
+        return replies, len(lines)
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    flip = reverse_text if may_join(block) else _flip_code_points
+    replies_text, text_lines = _reverse_lines(text, flip, "\n", "\r\n", _TEXT_MARK,
+                                              _TEXT_LINE_ENDS)
+    # A character is at most 4 bytes; only a block with a line that might be
+    # over the limit pays for the exact look (a line of just limit bytes and
+    # a CR included, answered line by line).
+    if len(block) > limit and max(map(len, text_lines)) * 4 > limit \
+            and max(map(len, block.split(b"\n"))) > limit:
+        return None
+    return replies_text.encode("utf-8"), len(text_lines)
+
+
+def _flip_bytes(data: bytes) -> bytes:
+    return data[::-1]
+
+
+def _flip_code_points(text: str) -> str:
+    return text[::-1]
+
+
+def _reverse_lines(block: AnyStr, flip: Callable[[AnyStr], AnyStr], lf: AnyStr,
+                   crlf: AnyStr, mark: AnyStr,
+                   line_ends: re.Pattern[AnyStr]) -> tuple[AnyStr, list[AnyStr]]:
+    """Reverse every line of ``block`` with one ``flip`` of the whole block.
+
+    Flipping the block reverses each line and also their order; splitting
+    at the line ends and putting the order back leaves each line reversed
+    in place. A CR that ends a line first leaves the line (all lines end in
+    CRLF) or becomes ``mark`` (a mix), so it is never flipped to the wrong
+    side of its LF. Gives the replies and the reversed lines, line ends off.
+    """
+    crlfs = block.count(crlf)
+    if not crlfs:
+        lines = flip(block[:-1]).split(lf)
+        ending = lf
+    elif crlfs == block.count(lf):
+        lines = flip(block[:-2].replace(crlf, lf)).split(lf)
+        ending = crlf
+    else:
+        marked = block.replace(crlf, mark)
+        pieces = line_ends.split(flip(marked[:-1]))
+        pieces.reverse()
+        lines = pieces[::2]
+        pieces.append(marked[-1:])
+        return block[:0].join(pieces).replace(mark, crlf), lines
+    lines.reverse()
+    lines.append(block[:0])  # so that one join also ends the last reply
+    replies = ending.join(lines)
+    lines.pop()
+    return replies, lines

@@ -11,10 +11,29 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BENCH_PYTHON = os.environ.get("REVERSERD_BENCH_PYTHON")
-ROWS = ("pipelined lines/s, 1 conn", "pipelined lines/s, 50 conns", "requests/s, 50 conns",
-        "new conns/s", "new conns per server CPU-second", "p50 µs", "p99 µs",
-        "bytes per idle conn (200)")
-SERVERS = ("twistd", "reverserd asyncio", "reverserd uvloop", "reverserd asyncio ×2 workers")
+PEERS = ("twistd CRLF", "twistd LF")
+SERVERS = ("reverserd asyncio", "reverserd uvloop", "reverserd asyncio ×2 workers")
+NUMBER = r"[\d,]+"
+LOAD = rf"{NUMBER} \[\d+% / \d+%\]"  # figure [client CPU / server CPU]
+BESIDE_HOSTILE = rf"{NUMBER} \({NUMBER} hostile lines/s\)"
+NONE = "—"  # a twistd whose replies to that load would be wrong
+# row: (twistd CRLF's cell, twistd LF's cell, every reverserd's cell)
+ROWS = {
+    "pipelined CRLF lines/s, 1 conn": (LOAD, NONE, LOAD),
+    "pipelined CRLF lines/s, 50 conns": (LOAD, NONE, LOAD),
+    "pipelined LF lines/s, 1 conn": (NONE, LOAD, LOAD),
+    "pipelined LF lines/s, 50 conns": (NONE, LOAD, LOAD),
+    "pipelined LF lines/s, Cyrillic, CJK, ASCII, 1 conn": (NONE, NONE, LOAD),
+    "pipelined LF lines/s, multi-code-point clusters, 1 conn": (NONE, NONE, LOAD),
+    "requests/s, 50 conns": (NONE, LOAD, LOAD),
+    "new conns/s": (NONE, LOAD, LOAD),
+    "new conns per server CPU-second": (NONE, NUMBER, NUMBER),
+    "p50 µs": (NONE, NUMBER, NUMBER),
+    "p99 µs": (NONE, NUMBER, NUMBER),
+    "p99 µs beside 1 conn pipelining 8 KiB lines, 30 marks per letter":
+        (NONE, BESIDE_HOSTILE, BESIDE_HOSTILE),
+    "bytes per idle conn (200)": (NONE, NUMBER, NUMBER),
+}
 
 
 @pytest.mark.skipif(not BENCH_PYTHON, reason="make test passes the benchmark's virtualenv")
@@ -28,16 +47,16 @@ def test_the_benchmark_compares_every_server_on_every_figure() -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert re.match(r"machine: .+, \d+ CPUs, Linux .+, Python 3\.\d+\.\d+; reverserd .+, "
-                    r"Twisted .+, uvloop .+$", lines[0]), lines[0]
-    header = next(line for line in lines if line.startswith("| measure |"))
-    assert header == ("| measure | twistd | " + " | ".join(f"{name} | ratio"
-                                                          for name in SERVERS[1:]) + " |")
-    number = r"[\d,]+(?: \[\d+% / \d+%\])?"
-    for row in ROWS:
-        line = next((line for line in lines if line.startswith(f"| {row} |")), None)
-        assert line is not None, f"no row {row!r} in\n{result.stdout}"
-        assert re.fullmatch(rf"\| {re.escape(row)} \| {number}"
-                            + rf" \| {number} \| \d+\.\d\d×" * 3 + r" \|", line), line
+                    r"Twisted .+, uvloop .+, regex .+$", lines[0]), lines[0]
+    header = lines.index(next(line for line in lines if line.startswith("| measure |")))
+    assert lines[header] == ("| measure | " + " | ".join(PEERS) + " | "
+                             + " | ".join(f"{name} | ratio" for name in SERVERS) + " |")
+    rows = lines[header + 2:lines.index("", header)]
+    for (label, (crlf, lf, ours)), row in zip(ROWS.items(), rows, strict=True):
+        assert re.fullmatch(rf"\| {re.escape(label)} \| {crlf} \| {lf}"
+                            + rf" \| {ours} \| \d+\.\d\d×" * len(SERVERS) + r" \|", row), row
+    assert f"{NONE}: not measured, as the replies would be wrong" in result.stdout
+    assert "ratio: for every pipelined row, to twistd CRLF" in result.stdout
     assert re.search(r"^\| twistd -y / kill \| 0\.\d{3} s \| \d\.\d{3} s \|$", result.stdout,
                      re.MULTILINE)
     assert re.search(r"^\| reverserd start / stop \| 0\.\d{3} s \| \d\.\d{3} s \|$",
