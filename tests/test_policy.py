@@ -1,4 +1,5 @@
-"""The connection policy, in-process on real loopback sockets.
+"""The connection policy, in-process on real loopback sockets, and what a
+server holds for each connection.
 
 Timeouts are driven by calling ``sweep`` with the times the test chooses,
 so nothing here waits for a clock.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import socket
@@ -290,3 +292,42 @@ def test_the_cap_is_lowered_to_what_the_descriptor_limit_allows(
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def server_side_writers(port: int) -> list[asyncio.StreamWriter]:
+    """The writers ``start_server`` made for connections to ``port``, garbage or not."""
+    return [thing for thing in gc.get_objects()
+            if isinstance(thing, asyncio.StreamWriter)
+            and thing.get_extra_info("sockname")[1] == port]
+
+
+def test_an_open_connection_outlives_a_garbage_collection() -> None:
+    async def scenario() -> None:
+        async with serving(Limits()) as (server, _):
+            reader, writer = await connect(server)
+            assert await ask(reader, writer, b"before") == b"erofeb\n"
+            gc.collect()
+            assert await ask(reader, writer, b"after") == b"retfa\n"
+            writer.close()
+    run(scenario)
+
+
+def test_a_closed_connection_leaves_no_cycle_for_the_garbage_collector() -> None:
+    async def scenario() -> None:
+        async with serving(Limits()) as (server, policy):
+            port = server.address[1]
+            for _ in range(3):
+                reader, writer = await connect(server)
+                assert await ask(reader, writer, b"ab") == b"ba\n"
+                assert len(server_side_writers(port)) == 1
+                writer.write(b"quit\n")
+                assert await closed_by_server(reader)
+                writer.close()
+            await until(lambda: policy.open == 0, "every connection to close")
+            assert server_side_writers(port) == []
+    gc.collect()
+    gc.disable()
+    try:
+        run(scenario)
+    finally:
+        gc.enable()

@@ -129,13 +129,12 @@ def member(ranges: Ranges) -> str:
     return f"(?:{_bmp_class(ranges)}|{astral})"
 
 
-def run_of(ranges: Ranges, possessive: bool = True) -> str:
-    """Zero or more characters of ``ranges``, BMP ones at bitmap speed."""
-    repeat = "*+" if possessive else "*"
-    bmp = f"{_bmp_class(ranges)}{repeat}"
+def run_of(ranges: Ranges) -> str:
+    """As many characters of ``ranges`` as there are (never fewer), BMP ones at bitmap speed."""
+    bmp = f"{_bmp_class(ranges)}*+"
     if not _astral(ranges):
         return bmp
-    return f"{bmp}(?:[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}{bmp}){repeat}"
+    return f"{bmp}(?:[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}{bmp})*+"
 
 
 def _after(ranges: Ranges) -> str:
@@ -149,12 +148,12 @@ _L, _V, _T = member(tables.L), member(tables.V), member(tables.T)
 _LV, _LVT = member(tables.LV), member(tables.LVT)
 # GB9c: consonant, [extend linker]* with a linker, consonant. Consonant and
 # linkers stay together only as far as the linkers are marks.
-_LINKED = (f"(?={run_of(tables.INCB_EXTEND)}{member(LINKER)}"
-           f"{run_of((*tables.INCB_EXTEND, *LINKER))}{member(CONSONANT)})"
-           f"{run_of(ATTACHED_LINK)}")
+_LINKS_AHEAD = (f"(?={_bmp_or_astral((*tables.INCB_EXTEND, *LINKER))})"  # a cheap look first
+                f"(?={run_of(tables.INCB_EXTEND)}{member(LINKER)}"
+                f"{run_of((*tables.INCB_EXTEND, *LINKER))}{member(CONSONANT)})")
+_LINKED = f"{_LINKS_AHEAD}{run_of(ATTACHED_LINK)}"
 _AFTER_CONSONANT = f"(?:{_LINKED}{member(CONSONANT)})*(?:{_LINKED}{member(LOOSE_LINKER)})?"
-_MORE_AFTER_CONSONANT = (f"(?:{_LINKED}{member(CONSONANT)})+(?:{_LINKED}{member(LOOSE_LINKER)})?"
-                         f"|{_LINKED}{member(LOOSE_LINKER)}")
+_MORE_AFTER_CONSONANT = f"{_LINKS_AHEAD}{_AFTER_CONSONANT}"  # at least one join
 # GB11: pictograph, Extend*, ZWJ, pictograph.
 _EMOJI_LINK = f"{member(ZWJ)}{run_of(tables.EXTEND)}{member(tables.EXTENDED_PICTOGRAPHIC)}"
 # GB12, GB13: regional indicators pair from the start of their run, which is
@@ -191,26 +190,20 @@ def _reversed_clusters(prepend: bool) -> str:
     before them), any character may start a cluster, and the scan is slower.
     """
     first = [*POST, *HANGUL, *tables.EXTENDED_PICTOGRAPHIC, *CONSONANT]
-    marks_then_base = f"{run_of(POST, possessive=False)}(?:{_base(prepend)})"
+    # marks, then the base they follow (none: after a control, they are their own)
+    marks_then_base = f"{run_of(POST)}(?:{_base(prepend)})?"
     # Cheap looks at the next character first, so that a character which
     # starts no longer cluster (a plain emoji, a consonant) fails at once.
-    links_next = f"(?={_bmp_or_astral((*tables.INCB_EXTEND, *LINKER))})"
     zwj_next = f"(?={member(ZWJ)})"
     vowels_next = f"(?={_bmp_or_astral((*tables.V, *tables.LV, *tables.L))})"
     pattern = f"{_bmp_or_astral(first)}(?:" + "|".join([
-        f"(?<={_bmp_class(POST)}){marks_then_base}",
-        f"(?<={_bmp_class(CONSONANT)}){links_next}(?:{_MORE_AFTER_CONSONANT})",
-        f"(?<={_bmp_class(tables.EXTENDED_PICTOGRAPHIC)}){zwj_next}(?:{_EMOJI_LINK})+",
+        f"{_after(POST)}{marks_then_base}",
+        f"{_after(CONSONANT)}{_MORE_AFTER_CONSONANT}",
+        f"{zwj_next}{_after(tables.EXTENDED_PICTOGRAPHIC)}(?:{_EMOJI_LINK})+",
         f"(?<={_bmp_class(tables.T)}){_AFTER_T}",
-        f"(?<={_bmp_class(tables.V)}){_AFTER_V}",
+        f"{vowels_next}{_after(tables.V)}{_AFTER_V}",
         f"(?<={_bmp_class((*tables.L, *tables.LV, *tables.LVT))}){_AFTER_L}",
-        f"(?<=[{_set_body(ALL_ASTRAL)}])(?:" + "|".join([
-            f"{zwj_next}{_after(tables.EXTENDED_PICTOGRAPHIC)}(?:{_EMOJI_LINK})+",
-            f"{_after(tables.REGIONAL_INDICATOR)}{_AFTER_REGIONAL}",
-            f"{links_next}{_after(CONSONANT)}(?:{_MORE_AFTER_CONSONANT})",
-            f"{vowels_next}{_after(tables.V)}{_AFTER_V}",
-            f"{_after(POST)}{marks_then_base}",
-        ]) + ")",
+        f"{_after(tables.REGIONAL_INDICATOR)}{_AFTER_REGIONAL}",
     ]) + ")"
     if prepend:
         prepends = member(tables.PREPEND)

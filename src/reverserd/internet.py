@@ -210,6 +210,7 @@ class TCPServer(Service):
         self._loop = asyncio.get_running_loop()
         if self.policy is None:
             self.policy = ConnectionPolicy()
+        self.handler_class.prepare()
         self._accepting = True
         await self._accept_on_duplicate(self._accept_generation)
         self.policy.attach(self)
@@ -341,12 +342,22 @@ class TCPServer(Service):
         as long as the connection. This callback is a plain function, so no
         task is made, and the transport is handed to a ``LineHandler``
         protocol before it has read a byte: each chunk read is then answered
-        by a direct call instead of by waking a waiting coroutine. The
-        writer is kept only because it closes the transport when collected.
+        by a direct call instead of by waking a waiting coroutine.
+
+        The writer is kept while the connection is open: a ``StreamWriter``
+        closes its transport when it is collected (Python 3.11.5 and later),
+        and it keeps the reader and the stream protocol alive with it. That
+        protocol is told its connection is over as soon as the handler has
+        the transport, so it drops the writer (and its weak reference to the
+        reader): once the connection closes, all that ``start_server`` made
+        for it is freed at once instead of waiting, a cycle, for the garbage
+        collector.
         """
         handler = self.handler_class(self.max_line_length, self._forget_handler)
         transport = writer.transport
+        streams = transport.get_protocol()
         transport.set_protocol(handler)
+        streams.connection_lost(None)
         self._connections[handler] = writer
         handler.connection_made(transport)
         assert self.policy is not None and self._loop is not None

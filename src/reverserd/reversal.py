@@ -79,26 +79,33 @@ def _reverse_lines(block: AnyStr, flip: Callable[[AnyStr], AnyStr], lf: AnyStr,
 
     Flipping the block reverses each line and also their order; splitting
     at the line ends and putting the order back leaves each line reversed
-    in place. A CR that ends a line first leaves the line (all lines end in
-    CRLF) or becomes ``mark`` (a mix), so it is never flipped to the wrong
-    side of its LF. Gives the replies and the reversed lines, line ends off.
+    in place. A CRLF flips to LF CR, which splits as one line end when all
+    lines end so; in a mix, each CRLF first becomes ``mark``, so that no CR
+    is flipped to the wrong side of its LF. Gives the replies and the
+    reversed lines, line ends off. LF only, the common case, costs one
+    search for a CR on top of the flip, the split and the join.
     """
-    crlfs = block.count(crlf)
-    if not crlfs:
-        lines = flip(block[:-1]).split(lf)
-        ending = lf
-    elif crlfs == block.count(lf):
-        lines = flip(block[:-2].replace(crlf, lf)).split(lf)
-        ending = crlf
-    else:
-        marked = block.replace(crlf, mark)
-        pieces = line_ends.split(flip(marked[:-1]))
-        pieces.reverse()
-        lines = pieces[::2]
-        pieces.append(marked[-1:])
-        return block[:0].join(pieces).replace(mark, crlf), lines
-    lines.reverse()
-    lines.append(block[:0])  # so that one join also ends the last reply
-    replies = ending.join(lines)
-    lines.pop()
-    return replies, lines
+    cr = crlf[:1]
+    if cr not in block:
+        return _in_order(flip(block[:-1]).split(lf), lf)
+    if block.endswith(crlf):
+        lines = flip(block[:-2]).split(lf + cr)
+        if len(lines) == block.count(lf):  # every line ends CRLF
+            return _in_order(lines, crlf)
+    if crlf not in block:  # CRs, none ending a line
+        return _in_order(flip(block[:-1]).split(lf), lf)
+    marked = block.replace(crlf, mark)
+    pieces = line_ends.split(flip(marked[:-1]))
+    pieces.reverse()
+    lines = pieces[::2]
+    pieces.append(marked[-1:])
+    return block[:0].join(pieces).replace(mark, crlf), lines
+
+
+def _in_order(flipped_lines: list[AnyStr], ending: AnyStr) -> tuple[AnyStr, list[AnyStr]]:
+    """The replies, each ended by ``ending``, from lines flipped in reverse order."""
+    flipped_lines.reverse()
+    flipped_lines.append(ending[:0])  # so that one join also ends the last reply
+    replies = ending.join(flipped_lines)
+    flipped_lines.pop()
+    return replies, flipped_lines

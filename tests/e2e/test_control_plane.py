@@ -127,14 +127,28 @@ def test_a_fifo_for_the_state_file_of_a_running_daemon_is_ignored_and_stop_still
     assert not path.exists()  # removed with the other run files at stop
 
 
+def stuck_client(port: int) -> socket.socket:
+    """A connection that takes no replies, once the server has stopped reading from it.
+
+    The server reads while it can still write; it stops for good once its
+    replies fill every buffer on the way. A send that has waited half a
+    second shows that (the server pauses no other way for that long).
+    """
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(("127.0.0.1", port))
+    stuck.settimeout(0.5)
+    with contextlib.suppress(TimeoutError):
+        for _ in range(64 * 1024):  # at most 64 MiB
+            stuck.sendall(b"x" * 1023 + b"\n")
+        raise AssertionError("the server kept reading 64 MiB that nobody took the replies to")
+    return stuck
+
+
 def test_a_start_during_a_graceful_stop_waits_for_it_and_starts_another(
         daemons: DaemonDirectory) -> None:
     daemon = daemons.start("--shutdown-timeout", "3")
-    stuck = socket.create_connection(("127.0.0.1", daemon.port))  # takes no replies: the
-    stuck.setblocking(False)  # graceful stop waits --shutdown-timeout for it
-    with contextlib.suppress(BlockingIOError):
-        for _ in range(10_000):
-            stuck.send(b"x" * 1023 + b"\n")
+    stuck = stuck_client(daemon.port)  # the graceful stop waits --shutdown-timeout for it
     os.kill(daemon.pid, signal.SIGTERM)
     wait_until(lambda: daemons.run("status").stdout.startswith(
         f"reverserd stopping: pid {daemon.pid}"), "status to say stopping")

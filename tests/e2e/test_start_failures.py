@@ -41,7 +41,8 @@ FAILING_APP = textwrap.dedent("""\
 def assert_nothing_left_behind(daemons: DaemonDirectory) -> None:
     leftovers = {path.name for path in daemons.path.iterdir()}
     assert not leftovers & {"reverserd.pid", "reverserd.pid.lock", "reverserd.pid.state"}
-    assert reverserd_processes_in(daemons.path) == []
+    # start has reported the failure; the failed daemon may still be on its way out
+    wait_until(lambda: reverserd_processes_in(daemons.path) == [], "the failed daemon to exit")
 
 
 def assert_one_line_failure(result, status: int, message: str) -> None:
