@@ -246,8 +246,8 @@ def test_lines_answered_one_by_one_share_the_loop_a_few_milliseconds_at_a_time()
 class Counting(Reverser):
     turns: ClassVar[list[int]] = []
 
-    def answer_block(self, data: bytes, end: int) -> tuple[bytes, int] | None:
-        answered = super().answer_block(data, end)
+    def answer_block(self, data: bytes, start: int, end: int) -> tuple[bytes, int] | None:
+        answered = super().answer_block(data, start, end)
         if answered is not None:
             Counting.turns[-1] += answered[1]
         return answered

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from reverserd import _unicode_tables as tables
 
@@ -211,39 +213,64 @@ def _reversed_clusters(prepend: bool) -> str:
     return f"({pattern})"
 
 
-_REVERSED_CLUSTERS = _reversed_clusters(prepend=False)
-_REVERSED_CLUSTERS_WITH_PREPENDS = _reversed_clusters(prepend=True)
 # Characters without which every character is a cluster of its own.
 _JOINERS = (*POST, *tables.PREPEND, *tables.L, *tables.V, *tables.T, *LOOSE_LINKER,
             *tables.REGIONAL_INDICATOR)  # a syllable (LV, LVT) joins only these
-_MAY_JOIN = _bmp_or_astral(_JOINERS)
-# The first bytes of their UTF-8 forms (and of every form above U+FFFF):
-# most scripts (CJK and Cyrillic among them) share none, and deleting them
-# from a whole read is cheaper than scanning its decoded text.
-_JOINER_LEAD_BYTES = bytes(sorted(
-    {chr(code_point).encode("utf-8", "surrogatepass")[0] for code_point in _points(_bmp(_JOINERS))}
-    | set(range(0xF0, 0xF5))))
-_HAS_PREPEND = f"{_bmp_or_astral(tables.PREPEND)}{_after(tables.PREPEND)}"
 _CLUSTER_SEPARATOR = "\udfff"
 
 
+class _Patterns(NamedTuple):
+    may_join: re.Pattern[str]
+    has_prepend: re.Pattern[str]
+    clusters: re.Pattern[str]
+    clusters_with_prepends: re.Pattern[str]
+
+
 @functools.cache
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _compiled() -> _Patterns:
+    return _Patterns(
+        re.compile(_bmp_or_astral(_JOINERS)),
+        re.compile(f"{_bmp_or_astral(tables.PREPEND)}{_after(tables.PREPEND)}"),
+        re.compile(_reversed_clusters(prepend=False)),
+        re.compile(_reversed_clusters(prepend=True)),
+    )
+
+
+@functools.cache
+def _joiner_lead_bytes() -> bytes:
+    """The first bytes of the joiners' UTF-8 forms (and of every form above
+    U+FFFF): most scripts (CJK and Cyrillic among them) share none, and
+    deleting them from a whole read is cheaper than scanning its decoded text."""
+    return bytes(sorted({chr(code_point).encode("utf-8", "surrogatepass")[0]
+                         for code_point in _points(_bmp(_JOINERS))} | set(range(0xF0, 0xF5))))
+
+
+_compiling: list[threading.Thread] = []  # at most one, until it is waited for
 
 
 def prepare() -> None:
-    """Compile the patterns now: tens of milliseconds that would otherwise
-    hold up the first line of text, and that commands serving no client
-    (``status``, ``stop``) never pay."""
-    for pattern in (_MAY_JOIN, _HAS_PREPEND, _REVERSED_CLUSTERS, _REVERSED_CLUSTERS_WITH_PREPENDS):
-        _compiled(pattern)
+    """Compile the patterns in the background, now.
+
+    It takes a few hundred milliseconds that would otherwise hold up the
+    first line of text; here they delay nothing (text that comes meanwhile
+    waits for them), and commands that serve no client never pay them.
+    """
+    if not _compiling:
+        compiling = threading.Thread(target=_compiled, name="reverserd-patterns", daemon=True)
+        _compiling.append(compiling)
+        compiling.start()
+
+
+def _patterns() -> _Patterns:
+    while _compiling:
+        _compiling.pop().join()
+    return _compiled()
 
 
 def may_join(utf8: bytes) -> bool:
     """False when no character of ``utf8`` can belong to a cluster of more
     than one: its text may then be reversed by code point."""
-    return len(utf8.translate(None, _JOINER_LEAD_BYTES)) != len(utf8)
+    return len(utf8.translate(None, _joiner_lead_bytes())) != len(utf8)
 
 
 def reverse_text(text: str) -> str:
@@ -253,12 +280,13 @@ def reverse_text(text: str) -> str:
     so a block of lines reversed at once still splits at every LF. ``text``
     must hold no surrogates, which decoded UTF-8 never does.
     """
-    if _compiled(_MAY_JOIN).search(text) is None:
+    patterns = _patterns()
+    if patterns.may_join.search(text) is None:
         return text[::-1]  # every character a cluster of its own
-    if _compiled(_HAS_PREPEND).search(text) is None:
-        clusters_of = _compiled(_REVERSED_CLUSTERS)
+    if patterns.has_prepend.search(text) is None:
+        clusters_of = patterns.clusters
     else:
-        clusters_of = _compiled(_REVERSED_CLUSTERS_WITH_PREPENDS)
+        clusters_of = patterns.clusters_with_prepends
     reversed_text = text[::-1]
     pieces = clusters_of.split(reversed_text)
     if len(pieces) == 1:

@@ -37,10 +37,12 @@ CRLF = b"\r\n"
 DEFAULT_MAX_LINE_LENGTH = 16384
 FIRST_BYTES_GRACE = 0.1  # seconds, at stop, for a connection that has sent nothing yet
 # One turn of the event loop answers at most this much of a connection's
-# input: whole lines up to TURN_BYTES, and lines answered one by one for at
-# most TURN_SECONDS (checked every TURN_CHECK lines), so that whatever a
-# client sends, the others wait a few milliseconds at most.
+# input: whole lines up to TURN_BYTES (ASCII_TURN_BYTES of ASCII, which costs
+# less), and lines answered one by one for at most TURN_SECONDS (checked
+# every TURN_CHECK lines), so that whatever a client sends, the others wait a
+# few milliseconds at most.
 TURN_BYTES = 16 * 1024
+ASCII_TURN_BYTES = 64 * 1024
 TURN_SECONDS = 0.004
 TURN_CHECK = 32
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -121,7 +123,8 @@ class LineHandler(asyncio.Protocol):
         self.peer_key: str | None = None  # the address counted against a per-peer limit
         self._limit = self.max_line_length if max_line_length is None else max_line_length
         self._partial = b""
-        self._pending: bytes | None = None  # read, not yet answered: reading is paused
+        # Read, not yet answered from the offset on; reading is paused meanwhile.
+        self._pending: tuple[bytes, int] | None = None
         self._writing_paused = False
         self._closing = False
         self._stopping = False
@@ -141,14 +144,13 @@ class LineHandler(asyncio.Protocol):
     def prepare(cls) -> None:
         """Do, before the first client, the work the first line would otherwise wait for."""
 
-    def answer_block(self, data: bytes, end: int) -> tuple[bytes, int] | None:
-        """The replies to all the lines of ``data[:end + 1]`` at once, or ``None``.
+    def answer_block(self, data: bytes, start: int, end: int) -> tuple[bytes, int] | None:
+        """The replies to the lines of ``data[start:end + 1]``, all at once, or ``None``.
 
-        ``data[end]`` is the last LF of ``data``; what follows it is an
-        unfinished line. A subclass may answer a common case here without a
-        Python step per line: the replies joined, each with its line end,
-        and how many lines they answer. ``None`` (the default) answers line
-        by line.
+        ``data[end]`` is the last LF of the lines to answer now. A subclass
+        may answer a common case here without a Python step per line: the
+        replies joined, each with its line end, and how many lines they
+        answer. ``None`` (the default) answers line by line.
         """
         return None
 
@@ -300,34 +302,36 @@ class LineHandler(asyncio.Protocol):
         if self._closing:
             return
         if self._pending is not None:  # reading was paused, but a loop may still deliver
-            self._pending += data
+            pending, start = self._pending
+            self._pending = (pending[start:] + data, 0)
         else:
-            self._respond(data)
+            self._respond(data, 0)
 
     def eof_received(self) -> None:
         """Answer an unfinished last line; returning ``None`` closes the transport."""
         while self._pending is not None and not self._closing:  # everything read, now
-            data, self._pending = self._pending, None
-            self._respond(data)
+            (data, start), self._pending = self._pending, None
+            self._respond(data, start)
         if self._partial and not self._closing:
             if self._stopping:
                 log.debug("dropping an unfinished line from %s at shutdown", self.peer)
             else:
-                self._respond(LF)
+                self._respond(LF, 0)
 
     def _answer_pending(self) -> None:
         """Answer the next turn's worth of what was read and not yet answered."""
-        data = self._pending
+        pending = self._pending
         transport = self.transport
-        if data is None or transport is None or transport.is_closing() or self._writing_paused:
+        if pending is None or transport is None or transport.is_closing() \
+                or self._writing_paused:
             return
         self._pending = None
-        self._respond(data)
+        self._respond(*pending)
         if self._pending is None and not self._closing and not self._writing_paused:
             transport.resume_reading()
 
-    def _respond(self, data: bytes) -> None:
-        """Answer the lines ``data`` completes, or a turn's worth of them, with a single write.
+    def _respond(self, data: bytes, start: int) -> None:
+        """Answer the lines ``data[start:]`` completes, or a turn's worth, with a single write.
 
         Replies to the lines before a failing one are still sent; the
         failure closes only this connection. What a turn leaves unanswered
@@ -337,7 +341,7 @@ class LineHandler(asyncio.Protocol):
         assert transport is not None
         replies: list[bytes] = []
         try:
-            self._answer(data, replies)
+            self._answer(data, start, replies)
         except LineTooLong as error:
             log.debug("closing connection from %s: %s", self.peer, error)
             self.close_reason = "line-too-long"
@@ -356,25 +360,28 @@ class LineHandler(asyncio.Protocol):
             if not self._writing_paused:
                 asyncio.get_running_loop().call_soon(self._answer_pending)
 
-    def _answer(self, data: bytes, replies: list[bytes]) -> None:
-        """Append to ``replies`` the answers to the lines ``data`` completes, a turn's worth."""
+    def _answer(self, data: bytes, start: int, replies: list[bytes]) -> None:
+        """Append to ``replies`` the answers to the lines ``data[start:]`` completes,
+        a turn's worth; the rest waits in ``_pending`` (no copy of it is made)."""
         if self._partial:
-            data = self._partial + data
-        if len(data) > TURN_BYTES:
-            cut = data.rfind(LF, 0, TURN_BYTES)
+            data, start = self._partial + data[start:], 0
+        stop = len(data)
+        if stop - start > TURN_BYTES:
+            turn = ASCII_TURN_BYTES if data.isascii() else TURN_BYTES
+            cut = data.rfind(LF, start, start + turn)
             if cut < 0:
-                cut = data.find(LF, TURN_BYTES)  # a single line longer than a turn
-            if 0 <= cut < len(data) - 1:
-                self._pending = data[cut + 1:]
-                data = data[:cut + 1]
-        end = data.rfind(LF)
+                cut = data.find(LF, start + turn)  # a single line longer than a turn
+            if 0 <= cut < stop - 1:
+                self._pending = (data, cut + 1)
+                stop = cut + 1
+        end = data.rfind(LF, start, stop)
         if end < 0:
-            self._partial = data
+            self._partial = data[start:stop]
         else:
-            self._partial = data[end + 1:]
-            answers = self.answer_block(data, end)
+            self._partial = data[end + 1:stop]
+            answers = self.answer_block(data, start, end)
             if answers is None:
-                self._answer_each(data[:end].split(LF), replies)
+                self._answer_each(data[start:end].split(LF), replies)
             else:
                 reply, count = answers
                 self.lines_answered += count
@@ -410,7 +417,10 @@ class LineHandler(asyncio.Protocol):
     def _defer(self, lines: list[bytes]) -> None:
         """Leave ``lines`` (and the unfinished line after them) to the next turn."""
         rest = LF.join([*lines, self._partial])
-        self._pending = rest if self._pending is None else rest + self._pending
+        if self._pending is not None:
+            pending, start = self._pending
+            rest += pending[start:]
+        self._pending = (rest, 0)
         self._partial = b""
 
     def _check_partial(self) -> None:
@@ -450,7 +460,7 @@ class Reverser(LineHandler):
     def line_received(self, line: bytes) -> bytes:
         return reverse(line)
 
-    def answer_block(self, data: bytes, end: int) -> tuple[bytes, int] | None:
+    def answer_block(self, data: bytes, start: int, end: int) -> tuple[bytes, int] | None:
         """Reverse every line of a block at once (see ``reverse_block``).
 
         Only where that is exactly what ``line_received`` would do line by
@@ -461,7 +471,7 @@ class Reverser(LineHandler):
         """
         if not self._reverses_blocks:
             return None
-        block = data[:end + 1]
+        block = data[start:end + 1]  # no copy when it is all of ``data``
         for name in self._commands:
             if name in block and not self._command_lines.isdisjoint(block.split(LF)):
                 return None

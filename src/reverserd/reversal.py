@@ -52,7 +52,7 @@ def reverse_block(block: bytes, limit: int) -> tuple[bytes, int] | None:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    flip = reverse_text if may_join(block) else _flip_code_points
+    flip = _flip_clusters if may_join(block) else _flip_code_points
     replies_text, text_lines = _reverse_lines(text, flip, "\n", "\r\n", _TEXT_MARK,
                                               _TEXT_LINE_ENDS)
     # A character is at most 4 bytes; only a block with a line that might be
@@ -64,15 +64,21 @@ def reverse_block(block: bytes, limit: int) -> tuple[bytes, int] | None:
     return replies_text.encode("utf-8"), len(text_lines)
 
 
-def _flip_bytes(data: bytes) -> bytes:
-    return data[::-1]
+# Each flip reverses all of its first argument but the last ``drop`` items,
+# without a copy of them first where it can.
+def _flip_bytes(data: bytes, drop: int) -> bytes:
+    return data[-drop - 1::-1]
 
 
-def _flip_code_points(text: str) -> str:
-    return text[::-1]
+def _flip_code_points(text: str, drop: int) -> str:
+    return text[-drop - 1::-1]
 
 
-def _reverse_lines(block: AnyStr, flip: Callable[[AnyStr], AnyStr], lf: AnyStr,
+def _flip_clusters(text: str, drop: int) -> str:
+    return reverse_text(text[:-drop])
+
+
+def _reverse_lines(block: AnyStr, flip: Callable[[AnyStr, int], AnyStr], lf: AnyStr,
                    crlf: AnyStr, mark: AnyStr,
                    line_ends: re.Pattern[AnyStr]) -> tuple[AnyStr, list[AnyStr]]:
     """Reverse every line of ``block`` with one ``flip`` of the whole block.
@@ -87,15 +93,15 @@ def _reverse_lines(block: AnyStr, flip: Callable[[AnyStr], AnyStr], lf: AnyStr,
     """
     cr = crlf[:1]
     if cr not in block:
-        return _in_order(flip(block[:-1]).split(lf), lf)
+        return _in_order(flip(block, 1).split(lf), lf)
     if block.endswith(crlf):
-        lines = flip(block[:-2]).split(lf + cr)
+        lines = flip(block, 2).split(lf + cr)
         if len(lines) == block.count(lf):  # every line ends CRLF
             return _in_order(lines, crlf)
     if crlf not in block:  # CRs, none ending a line
-        return _in_order(flip(block[:-1]).split(lf), lf)
+        return _in_order(flip(block, 1).split(lf), lf)
     marked = block.replace(crlf, mark)
-    pieces = line_ends.split(flip(marked[:-1]))
+    pieces = line_ends.split(flip(marked, 1))
     pieces.reverse()
     lines = pieces[::2]
     pieces.append(marked[-1:])
