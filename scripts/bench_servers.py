@@ -1,9 +1,9 @@
 """The servers the benchmark compares, each started as a real process on 127.0.0.1.
 
-Two twistd processes serve the classic reverse app, one with LF line ends
-(``bench_twistd_app.py``) and one with ``LineReceiver``'s own, CRLF
-(``bench_twistd_crlf_app.py``): each answers only its own (Twisted comes from
-the benchmark's own virtualenv, never from reverserd's dependencies).
+Two twistd processes serve the classic reverse app (``bench_twistd_app.py``),
+one with ``LineReceiver``'s own line end, CRLF, and one with LF: each answers
+only its own (Twisted comes from the benchmark's own virtualenv, never from
+reverserd's dependencies).
 reverserd serves its built-in reverser, which answers both. Every server
 gets its own free port and, when asked, is pinned to one CPU so the client
 can have the other.
@@ -23,8 +23,7 @@ from collections.abc import Callable
 
 SCRIPTS = pathlib.Path(__file__).resolve().parent
 TWISTD_APP = SCRIPTS / "bench_twistd_app.py"
-TWISTD_APPS = {b"\n": ("twistd LF", TWISTD_APP),
-               b"\r\n": ("twistd CRLF", SCRIPTS / "bench_twistd_crlf_app.py")}
+TWISTD_LINE_ENDS = {b"\n": ("twistd LF", "LF"), b"\r\n": ("twistd CRLF", "CRLF")}
 BIN = pathlib.Path(sys.executable).parent
 START_PATIENCE = 20.0
 ALL_CPUS = set(range(os.cpu_count() or 1))
@@ -89,12 +88,13 @@ class Server:
     workers: int = 1
     line_end: bytes | None = None  # the only line end answered; None: LF and CRLF
     by_cluster: bool = True  # False: reverses bytes, so non-ASCII text gets wrong replies
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.port = free_port()
-        env = dict(os.environ, BENCH_PORT=str(self.port))
+        env = dict(os.environ, BENCH_PORT=str(self.port), **self.env)
         cpus = ",".join(map(str, sorted(self.pin or os.sched_getaffinity(0) | ALL_CPUS)))
         command = self.command if self.name.startswith("twistd") else [
             *self.command, "--port", str(self.port)]
@@ -135,10 +135,10 @@ class Server:
 
 
 def twistd(line_end: bytes = b"\n") -> Server:
-    name, app = TWISTD_APPS[line_end]
+    name, setting = TWISTD_LINE_ENDS[line_end]
     return Server(name, [str(BIN / "twistd"), "--nodaemon", "--pidfile=", "--logfile",
-                         os.devnull, "--python", str(app)], pin={0}, line_end=line_end,
-                  by_cluster=False)
+                         os.devnull, "--python", str(TWISTD_APP)], pin={0}, line_end=line_end,
+                  by_cluster=False, env={"BENCH_LINE_END": setting})
 
 
 def reverserd(loop: str, workers: int = 1) -> Server:

@@ -1,10 +1,10 @@
 """The classic Twisted reverse server, run by ``twistd -y`` as the benchmark's peer.
 
 A ``LineReceiver`` that answers each line with its reversal and closes on
-``quit``, as Twisted's own examples write it, with LF as its line end (what
-nc sends): ``LineReceiver``'s own is CRLF, served by
-``bench_twistd_crlf_app.py``. The port comes from ``BENCH_PORT``; it listens
-on 127.0.0.1 only.
+``quit``, as Twisted's own examples write it. It answers one line end
+only: its own, CRLF (what telnet sends), or with ``BENCH_LINE_END=LF`` the
+LF that nc sends. The port comes from ``BENCH_PORT``; it listens on
+127.0.0.1 only.
 """
 
 import os
@@ -15,7 +15,8 @@ from twisted.protocols import basic
 
 
 class Reverse(basic.LineReceiver):
-    delimiter = b"\n"
+    if os.environ.get("BENCH_LINE_END") == "LF":
+        delimiter = b"\n"
 
     def lineReceived(self, line):
         if line == b"quit":
