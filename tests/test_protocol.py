@@ -171,6 +171,36 @@ def test_a_too_long_line_inside_an_ascii_block_closes_after_the_lines_before_it(
     assert reply == b"cba\n"
 
 
+class LineByLine(Reverser):
+    """The same replies, never a block at a time (``line_received`` is its own)."""
+
+    def line_received(self, line: bytes) -> bytes:
+        return reverse(line)
+
+
+any_line = st.one_of(
+    st.binary(max_size=30),
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=20).map(str.encode),
+    st.lists(st.sampled_from(["\u0301", "\u094d", "\u0915", "\u200d", "\U0001F468", "\r",
+                              "\U0001F1EB", "\u1100", "\u1161", "\u0600", "a"]),
+             max_size=20).map(lambda chars: "".join(chars).encode()),
+    st.sampled_from([b"quit", b"x" * 41, "\u0915".encode() * 14]),  # a command, over the limit
+).map(lambda line: line.replace(b"\n", b""))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(any_line, st.sampled_from([b"\n", b"\r\n"])), max_size=20),
+       st.data())
+def test_every_block_path_answers_as_the_line_by_line_path_does(
+    lines: list[tuple[bytes, bytes]], data: st.DataObject,
+) -> None:
+    stream = b"".join(line + ending for line, ending in lines)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)])]
+    assert asyncio.run(exchange(Reverser, *chunks, max_line_length=40)) == asyncio.run(
+        exchange(LineByLine, *chunks, max_line_length=40))
+
+
 class Shouting(Reverser):
     def line_received(self, line: bytes) -> bytes:
         return line.upper()
