@@ -291,6 +291,13 @@ def test_a_big_read_is_answered_a_part_at_a_time() -> None:
     assert max(turns) <= protocol.TURN_BYTES // len(line)
 
 
+def test_many_short_ascii_lines_are_answered_a_part_at_a_time() -> None:
+    stream = b"x\n" * (8 * protocol.ASCII_TURN_LINES)  # each line its own reversal
+    turns = asyncio.run(lines_per_turn(Counting, stream))
+    assert sum(turns) == stream.count(b"\n")
+    assert max(turns) <= protocol.ASCII_TURN_LINES
+
+
 def test_a_connection_makes_no_task_and_its_lines_no_log_call(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("DEBUG", logger="reverserd.protocol")

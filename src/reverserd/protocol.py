@@ -37,12 +37,12 @@ CRLF = b"\r\n"
 DEFAULT_MAX_LINE_LENGTH = 16384
 FIRST_BYTES_GRACE = 0.1  # seconds, at stop, for a connection that has sent nothing yet
 # One turn of the event loop answers at most this much of a connection's
-# input: whole lines up to TURN_BYTES (ASCII_TURN_BYTES of ASCII, which costs
-# less), and lines answered one by one for at most TURN_SECONDS (checked
-# every TURN_CHECK lines), so that whatever a client sends, the others wait a
-# few milliseconds at most.
+# input: whole lines up to TURN_BYTES of text, or ASCII_TURN_LINES lines of
+# ASCII (whose cost is mostly per line), and lines answered one by one for at
+# most TURN_SECONDS (checked every TURN_CHECK lines), so that whatever a
+# client sends, the others wait a few milliseconds at most.
 TURN_BYTES = 16 * 1024
-ASCII_TURN_BYTES = 64 * 1024
+ASCII_TURN_LINES = 8192
 TURN_SECONDS = 0.004
 TURN_CHECK = 32
 COMMAND_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -366,8 +366,13 @@ class LineHandler(asyncio.Protocol):
         if self._partial:
             data, start = self._partial + data[start:], 0
         stop = len(data)
-        if stop - start > TURN_BYTES:
-            turn = ASCII_TURN_BYTES if data.isascii() else TURN_BYTES
+        size = turn = stop - start
+        if size > TURN_BYTES:
+            if not data.isascii():
+                turn = TURN_BYTES
+            elif (lines := data.count(LF, start)) > ASCII_TURN_LINES:
+                turn = size * ASCII_TURN_LINES // lines
+        if turn < size:
             cut = data.rfind(LF, start, start + turn)
             if cut < 0:
                 cut = data.find(LF, start + turn)  # a single line longer than a turn
