@@ -94,7 +94,8 @@ def _bmp_class(ranges: Ranges) -> str:
 
 
 def _bmp_or_astral(ranges: Ranges) -> str:
-    """The BMP part of ``ranges`` and the astral planes it reaches: a cheap first check."""
+    """The BMP part of ``ranges`` and the astral blocks (of HULL_BLOCK) it meets: a cheap
+    first check, one bitmap lookup and a few range tests per character."""
     blocks = {block for start, end in _astral(ranges)
               for block in range(start // HULL_BLOCK, end // HULL_BLOCK + 1)}
     hull = [(first * HULL_BLOCK, (last + 1) * HULL_BLOCK - 1) for first, last in _ranges(blocks)]
@@ -123,9 +124,9 @@ def _astral_check(ranges: Ranges) -> str:
 
 def member(ranges: Ranges) -> str:
     """One character of ``ranges``."""
-    astral = f"[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}"
     if not _astral(ranges):
         return _bmp_class(ranges)
+    astral = f"[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}"
     if not _bmp(ranges):
         return f"(?:{astral})"
     return f"(?:{_bmp_class(ranges)}|{astral})"
@@ -202,9 +203,9 @@ def _reversed_clusters(prepend: bool) -> str:
         f"{_after(POST)}{marks_then_base}",
         f"{_after(CONSONANT)}{_MORE_AFTER_CONSONANT}",
         f"{zwj_next}{_after(tables.EXTENDED_PICTOGRAPHIC)}(?:{_EMOJI_LINK})+",
-        f"(?<={_bmp_class(tables.T)}){_AFTER_T}",
+        f"{_after(tables.T)}{_AFTER_T}",
         f"{vowels_next}{_after(tables.V)}{_AFTER_V}",
-        f"(?<={_bmp_class((*tables.L, *tables.LV, *tables.LVT))}){_AFTER_L}",
+        f"{_after((*tables.L, *tables.LV, *tables.LVT))}{_AFTER_L}",
         f"{_after(tables.REGIONAL_INDICATOR)}{_AFTER_REGIONAL}",
     ]) + ")"
     if prepend:

@@ -67,6 +67,17 @@ def _command_table(handler_class: type) -> dict[bytes, str]:
     return table
 
 
+def _turn_length(data: bytes, start: int) -> int:
+    """How many bytes of ``data[start:]`` one turn answers (see ``TURN_BYTES``)."""
+    size = len(data) - start
+    if size <= TURN_BYTES:
+        return size
+    if not data.isascii():
+        return TURN_BYTES
+    lines = data.count(LF, start)
+    return size if lines <= ASCII_TURN_LINES else size * ASCII_TURN_LINES // lines
+
+
 def _command_lines(commands: dict[bytes, str]) -> frozenset[bytes]:
     """Every command line as splitting a block at LF leaves it: with its CR or without."""
     return frozenset([*commands, *(name + CR for name in commands)])
@@ -123,8 +134,9 @@ class LineHandler(asyncio.Protocol):
         self.peer_key: str | None = None  # the address counted against a per-peer limit
         self._limit = self.max_line_length if max_line_length is None else max_line_length
         self._partial = b""
-        # Read, not yet answered from the offset on; reading is paused meanwhile.
-        self._pending: tuple[bytes, int] | None = None
+        # Read, not yet answered from the offset on, and the length of a turn
+        # of it (decided once a read); reading is paused meanwhile.
+        self._pending: tuple[bytes, int, int] | None = None
         self._writing_paused = False
         self._closing = False
         self._stopping = False
@@ -302,21 +314,21 @@ class LineHandler(asyncio.Protocol):
         if self._closing:
             return
         if self._pending is not None:  # reading was paused, but a loop may still deliver
-            pending, start = self._pending
-            self._pending = (pending[start:] + data, 0)
+            pending, start, _ = self._pending
+            self._pending = (pending[start:] + data, 0, 0)
         else:
-            self._respond(data, 0)
+            self._respond(data)
 
     def eof_received(self) -> None:
         """Answer an unfinished last line; returning ``None`` closes the transport."""
         while self._pending is not None and not self._closing:  # everything read, now
-            (data, start), self._pending = self._pending, None
-            self._respond(data, start)
+            pending, self._pending = self._pending, None
+            self._respond(*pending)
         if self._partial and not self._closing:
             if self._stopping:
                 log.debug("dropping an unfinished line from %s at shutdown", self.peer)
             else:
-                self._respond(LF, 0)
+                self._respond(LF)
 
     def _answer_pending(self) -> None:
         """Answer the next turn's worth of what was read and not yet answered."""
@@ -330,7 +342,7 @@ class LineHandler(asyncio.Protocol):
         if self._pending is None and not self._closing and not self._writing_paused:
             transport.resume_reading()
 
-    def _respond(self, data: bytes, start: int) -> None:
+    def _respond(self, data: bytes, start: int = 0, turn: int = 0) -> None:
         """Answer the lines ``data[start:]`` completes, or a turn's worth, with a single write.
 
         Replies to the lines before a failing one are still sent; the
@@ -341,7 +353,7 @@ class LineHandler(asyncio.Protocol):
         assert transport is not None
         replies: list[bytes] = []
         try:
-            self._answer(data, start, replies)
+            self._answer(data, start, turn, replies)
         except LineTooLong as error:
             log.debug("closing connection from %s: %s", self.peer, error)
             self.close_reason = "line-too-long"
@@ -360,24 +372,21 @@ class LineHandler(asyncio.Protocol):
             if not self._writing_paused:
                 asyncio.get_running_loop().call_soon(self._answer_pending)
 
-    def _answer(self, data: bytes, start: int, replies: list[bytes]) -> None:
+    def _answer(self, data: bytes, start: int, turn: int, replies: list[bytes]) -> None:
         """Append to ``replies`` the answers to the lines ``data[start:]`` completes,
-        a turn's worth; the rest waits in ``_pending`` (no copy of it is made)."""
+        a turn's worth (``turn`` bytes, or 0: not decided yet); the rest waits in
+        ``_pending``, with no copy of it made."""
         if self._partial:
-            data, start = self._partial + data[start:], 0
+            data, start, turn = self._partial + data[start:], 0, 0
         stop = len(data)
-        size = turn = stop - start
-        if size > TURN_BYTES:
-            if not data.isascii():
-                turn = TURN_BYTES
-            elif (lines := data.count(LF, start)) > ASCII_TURN_LINES:
-                turn = size * ASCII_TURN_LINES // lines
-        if turn < size:
+        if not turn:
+            turn = _turn_length(data, start)
+        if start + turn < stop:
             cut = data.rfind(LF, start, start + turn)
             if cut < 0:
                 cut = data.find(LF, start + turn)  # a single line longer than a turn
             if 0 <= cut < stop - 1:
-                self._pending = (data, cut + 1)
+                self._pending = (data, cut + 1, turn)
                 stop = cut + 1
         end = data.rfind(LF, start, stop)
         if end < 0:
@@ -398,34 +407,35 @@ class LineHandler(asyncio.Protocol):
         limit = self._limit
         commands = self._commands
         deadline = time.perf_counter() + TURN_SECONDS
-        for index, line in enumerate(lines):
-            if index % TURN_CHECK == TURN_CHECK - 1 and time.perf_counter() > deadline:
-                self._defer(lines[index:])
+        for first in range(0, len(lines), TURN_CHECK):
+            if first and time.perf_counter() > deadline:
+                self._defer(lines[first:])
                 return
-            if line[-1:] == CR:
-                line = line[:-1]
-                ending = CRLF
-            else:
-                ending = LF
-            if len(line) > limit:
-                raise LineTooLong(f"line of {len(line)} bytes exceeds the limit of {limit}")
-            command = commands.get(line)
-            reply = self._run_command(command) if command else self.line_received(line)
-            if reply is not None:
-                replies += (reply, ending)
-                self.lines_answered += 1
-            else:
-                self.lines_unanswered += 1
-            if self._closing:
-                return
+            for line in lines[first:first + TURN_CHECK]:
+                if line[-1:] == CR:
+                    line = line[:-1]
+                    ending = CRLF
+                else:
+                    ending = LF
+                if len(line) > limit:
+                    raise LineTooLong(f"line of {len(line)} bytes exceeds the limit of {limit}")
+                command = commands.get(line)
+                reply = self._run_command(command) if command else self.line_received(line)
+                if reply is not None:
+                    replies += (reply, ending)
+                    self.lines_answered += 1
+                else:
+                    self.lines_unanswered += 1
+                if self._closing:
+                    return
 
     def _defer(self, lines: list[bytes]) -> None:
         """Leave ``lines`` (and the unfinished line after them) to the next turn."""
         rest = LF.join([*lines, self._partial])
         if self._pending is not None:
-            pending, start = self._pending
+            pending, start, _ = self._pending
             rest += pending[start:]
-        self._pending = (rest, 0)
+        self._pending = (rest, 0, 0)
         self._partial = b""
 
     def _check_partial(self) -> None:
