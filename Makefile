@@ -39,6 +39,10 @@ system-deps:
 	@bash scripts/apt-ensure iproute2 sh -c 'command -v ss'
 	@bash scripts/apt-ensure mount sh -c 'command -v mount && command -v umount'
 	@bash scripts/apt-ensure procps sh -c 'command -v ps && command -v pgrep'
+	@bash scripts/apt-ensure socat sh -c 'command -v socat'
+	@bash scripts/apt-ensure openssl sh -c 'command -v openssl'
+	@bash scripts/apt-ensure haproxy sh -c 'command -v haproxy || test -x /usr/sbin/haproxy'
+	@bash scripts/apt-ensure systemd sh -c 'command -v systemd-socket-activate'
 
 $(BIN)/python:
 	@bash scripts/apt-ensure python3-venv $(PYTHON) -c 'import ensurepip, venv'

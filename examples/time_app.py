@@ -9,7 +9,7 @@ TIME_APP_PORT chooses another port (0: any free one, shown in the log).
 import datetime
 import os
 
-from reverserd import Application, Reverser, TCPServer
+from reverserd import Application, Reverser, listen
 
 
 class TimeReverser(Reverser):
@@ -20,6 +20,5 @@ class TimeReverser(Reverser):
 
 
 application = Application("time-reverser")
-TCPServer(int(os.environ.get("TIME_APP_PORT", "2324")), TimeReverser).set_service_parent(
-    application
-)
+port = os.environ.get("TIME_APP_PORT", "2324")
+listen(f"tcp:{port}", TimeReverser).set_service_parent(application)

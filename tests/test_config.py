@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from reverserd import cli, config, limits
 from reverserd.application import reverser_application
 from reverserd.errors import UsageError
-from reverserd.internet import TCPServer
+from reverserd.listening import TCPServer
 
 #: Every whole-number option: its parser and the range README documents.
 WHOLE_NUMBERS = {
@@ -307,3 +307,21 @@ def test_a_daemon_logs_next_to_its_pidfile_unless_told_otherwise(tmp_path) -> No
     assert config.Config(pidfile=pidfile, logfile=tmp_path / "l").daemon_logfile == \
         tmp_path / "l"
     assert config.Config(pidfile=pidfile, syslog=True).daemon_logfile is None
+
+
+def test_listen_is_repeatable_and_refuses_two_listeners_on_one_address() -> None:
+    _, settings = cli.parse_command(["run", "--listen", "tcp:0", "--listen", "unix:/tmp/r.sock"])
+    assert [endpoint.description for endpoint in settings.listen] == [
+        "tcp:0:interface=127.0.0.1", "unix:/tmp/r.sock:mode=660"]
+    application = reverser_application(settings)
+    assert [service.name for service in application] == ["reverser", "reverser-2"]
+    with pytest.raises(UsageError, match="'tcp:5555:interface=127.0.0.1' and 'tcp:5555:"):
+        cli.parse_command(["run", "--listen", "tcp:5555", "--listen", "tcp:5555"])
+    with pytest.raises(UsageError, match="at most 64 listeners"):
+        cli.parse_command(["run", *["--listen", "tcp:0"] * 65])
+
+
+@pytest.mark.parametrize("text", ["10.0.0.0/33", "nope", ",".join(["10.0.0.0/8"] * 65)])
+def test_bad_proxy_networks_are_refused(text: str) -> None:
+    with pytest.raises(UsageError, match="--proxy-from"):
+        cli.parse_command(["run", "--proxy-from", text])

@@ -232,3 +232,25 @@ def test_workers_and_loop_come_from_the_file_too(tmp_path: pathlib.Path) -> None
     assert (config.workers, config.loop) == (len(os.sched_getaffinity(0)), "asyncio")
     _, config = parse(tmp_path, "workers = 3\n", "start", "--workers", "2")
     assert config.workers == 2
+
+
+def test_listeners_come_from_the_file_as_a_list_relative_to_it(tmp_path: pathlib.Path) -> None:
+    _, config = parse(tmp_path, 'listen = ["tcp:0", "unix:r.sock:mode=600"]\n'
+                                'proxy-from = "10.0.0.0/8"', "run")
+    assert [endpoint.description for endpoint in config.listen] == [
+        "tcp:0:interface=127.0.0.1", f"unix:{tmp_path}/etc/r.sock:mode=600"]
+    assert [str(network) for network in config.proxy_from] == ["10.0.0.0/8"]
+    _, config = parse(tmp_path, 'listen = ["tcp:0"]', "run", "--listen", "tcp6:0")
+    assert [endpoint.description for endpoint in config.listen] == ["tcp6:0:interface=\\:\\:1"]
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('listen = "tcp:0"', "expected a list of strings"),
+    ("listen = [1]", "expected a list of strings"),
+    ('listen = ["tcp:0:colour=red"]', "unknown key 'colour'"),
+    ('listen = ["tcp:5555", "tcp:5555"]', "on the same address"),
+])
+def test_bad_listeners_in_the_file_are_usage_errors(tmp_path: pathlib.Path, toml: str,
+                                                    message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse(tmp_path, toml, "run")

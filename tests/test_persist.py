@@ -13,17 +13,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reverserd import Application, MultiService, Reverser, Service, TCPServer
+from reverserd import (
+    Application,
+    ListeningService,
+    MultiService,
+    Reverser,
+    Service,
+    TCPServer,
+    listen,
+)
 from reverserd.directories import DirectoryHandle
+from reverserd.endpoints import ProxiedEndpoint, TCPEndpoint, UnixEndpoint
 from reverserd.errors import UserError
 from reverserd.persist import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
     StateError,
     check_savable,
+    encode,
     file_name,
     load_state_file,
     restorable,
+    restore,
     save,
     write_state_file,
 )
@@ -372,3 +383,30 @@ def test_whatever_bytes_a_state_file_holds_it_is_refused_with_one_line(
         load_state_file(path)
     except UserError as error:
         assert "\n" not in str(error)
+
+
+def test_listeners_are_saved_as_descriptions_and_port_0_as_the_port_taken() -> None:
+    application = Application("listeners")
+    tcp = listen("haproxy:tcp:0", Reverser, backlog=64, max_line_length=100)
+    tcp.set_service_parent(application)
+    listen("unix:/run/r.sock:mode=600", Reverser).set_service_parent(application)
+    tcp.privileged_start_service()
+    try:
+        port = tcp.listening_socket.getsockname()[1]  # type: ignore[union-attr]
+        restored = restore(json.loads(encode(application)))
+    finally:
+        tcp.close_socket()
+    first, second = list(restored)
+    assert isinstance(first, ListeningService) and isinstance(second, ListeningService)
+    assert first.endpoint == ProxiedEndpoint(TCPEndpoint(port, "127.0.0.1"))
+    assert (first.backlog, first.max_line_length) == (64, 100)
+    assert second.endpoint == UnixEndpoint(pathlib.Path("/run/r.sock"), 0o600)
+
+
+def test_a_saved_description_that_no_longer_parses_is_refused_naming_it() -> None:
+    application = Application("listeners")
+    listen("tcp:1", Reverser).set_service_parent(application)
+    data = json.loads(encode(application))
+    data["application"]["services"][0]["state"]["listen"] = "tcp:99999"
+    with pytest.raises(StateError, match="'listen': bad listener 'tcp:99999'"):
+        restore(data)

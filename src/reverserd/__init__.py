@@ -5,7 +5,7 @@ The names an application file needs are importable from here.
 
 __version__ = "0.1.0"
 
-from reverserd.internet import TCPServer
+from reverserd.listening import ListeningService, TCPServer, listen
 from reverserd.protocol import LineHandler, Reverser
 from reverserd.reversal import reverse
 from reverserd.service import Application, MultiService, Service
@@ -13,10 +13,12 @@ from reverserd.service import Application, MultiService, Service
 __all__ = [
     "Application",
     "LineHandler",
+    "ListeningService",
     "MultiService",
     "Reverser",
     "Service",
     "TCPServer",
     "__version__",
+    "listen",
     "reverse",
 ]

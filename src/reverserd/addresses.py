@@ -9,7 +9,11 @@ def format_address(host: str, port: int) -> str:
 
 
 def format_sockaddr(address: object) -> str:
-    """A socket address as returned by ``getpeername`` (IPv4 or IPv6 tuple)."""
+    """A socket address as ``getpeername`` returns it (IPv4, IPv6, Unix)."""
     if isinstance(address, tuple) and len(address) >= 2:
         return format_address(str(address[0]), address[1])
+    if address is None:
+        return "?"
+    if address in ("", b""):  # an unnamed Unix socket: every client of one
+        return "a local client"
     return str(address)

@@ -9,7 +9,7 @@ import sys
 
 from reverserd.config import Config
 from reverserd.errors import UserError
-from reverserd.internet import TCPServer
+from reverserd.listening import ListeningService, TCPServer
 from reverserd.persist import WrongApplication, load_state_file
 from reverserd.protocol import Reverser
 from reverserd.service import Application
@@ -18,18 +18,22 @@ BUILT_IN_NAME = "Reverser"
 
 
 def reverser_application(config: Config) -> Application:
-    """The application ``reverserd`` runs when given no file: one reverser port."""
+    """The application ``reverserd`` runs when given no file: the reverser on
+    every ``--listen`` endpoint, else on ``--port``."""
     application = Application(BUILT_IN_NAME)
-    server = TCPServer(
-        config.port,
-        Reverser,
-        config.interface,
-        backlog=config.backlog,
-        max_line_length=config.max_line_length,
-        shutdown_timeout=config.shutdown_timeout,
-    )
-    server.name = "reverser"
-    server.set_service_parent(application)
+    if not config.listen:
+        server = TCPServer(config.port, Reverser, config.interface, backlog=config.backlog,
+                           max_line_length=config.max_line_length,
+                           shutdown_timeout=config.shutdown_timeout)
+        server.name = "reverser"
+        server.set_service_parent(application)
+        return application
+    for number, endpoint in enumerate(config.listen, 1):
+        listener = ListeningService(endpoint, Reverser, config.backlog,
+                                    max_line_length=config.max_line_length,
+                                    shutdown_timeout=config.shutdown_timeout)
+        listener.name = "reverser" if number == 1 else f"reverser-{number}"
+        listener.set_service_parent(application)
     return application
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TypeVar
 
-from reverserd import __version__, config, config_file, control, loops
+from reverserd import __version__, activation, config, config_file, control, endpoints, loops
 from reverserd.errors import UsageError, UserError, os_reason
 from reverserd.logs import LEVELS
 
@@ -28,7 +28,10 @@ DAEMON_VERBS = ("start", "stop", "status", "restart")
 NOT_IN_CONFIG_FILE = frozenset({"help", "version", "config", "foreground"})
 #: Options that exclude each other; a command-line one overrides the config file's.
 EXCLUSIVE = (("logfile", "syslog"),)
-REVERSER_OPTIONS = ("port", "interface", "backlog", "max_line_length", "shutdown_timeout")
+REVERSER_OPTIONS = ("port", "interface", "listen", "backlog", "max_line_length",
+                    "shutdown_timeout")
+MAX_LISTENERS = 64
+SERVING_VERBS = ("run", "start", "restart")
 STDOUT = pathlib.Path("-")
 VERB_HELP = ("run: serve in the foreground (same as --foreground); start: detach a daemon "
              "and return once it serves (the default with -y or -f, as with twistd); stop: "
@@ -55,6 +58,23 @@ def _option_type(parse: Callable[[str], Value]) -> Callable[[str], Value]:
             raise argparse.ArgumentTypeError(str(error)) from None
 
     return convert
+
+
+class _Listeners(argparse.Action):
+    """``--listen``, once per listener; a config file gives a list."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        given = getattr(namespace, self.dest)
+        listeners = [] if not isinstance(given, list) else given
+        if len(listeners) >= MAX_LISTENERS:
+            raise argparse.ArgumentError(self, f"at most {MAX_LISTENERS} listeners")
+        setattr(namespace, self.dest, [*listeners, values])
+
+    @staticmethod
+    def parse_item(text: str, base: pathlib.Path | None = None) -> endpoints.Endpoint:
+        """One description; a relative path in it is taken from ``base``."""
+        return endpoints.parse(text, base)
 
 
 def _add_number(group: argparse._ArgumentGroup, *names: str,
@@ -114,11 +134,22 @@ def _add_application_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_reverser_options(parser: argparse.ArgumentParser, defaults: config.Config) -> None:
     group = parser.add_argument_group("the built-in reverser")
+    group.add_argument("--listen", action=_Listeners, type=_option_type(_Listeners.parse_item),
+                       default=[], metavar="DESCRIPTION",
+                       help="listen here; repeat for more (tcp:PORT[:interface=ADDR], "
+                       "tcp6:PORT, unix:PATH[:mode=660], ssl:PORT:privateKey=FILE, "
+                       "systemd:index=N|name=NAME, haproxy:<any of these>; see README). "
+                       "Default: --port and --interface, or every socket systemd passed")
     _add_number(group, "--port", parse=config.parse_port, default=defaults.port,
-                metavar="PORT", help="TCP port; 0 picks a free one")
+                metavar="PORT", help="TCP port when no --listen is given; 0 picks a free one")
     group.add_argument("--interface", type=_option_type(config.parse_interface),
                        default=defaults.interface, metavar="ADDRESS",
-                       help="IP address or host name to listen on (default: %(default)s)")
+                       help="IP address or host name to listen on when no --listen is "
+                       "given (default: %(default)s)")
+    group.add_argument("--proxy-from", type=_option_type(config.parse_proxy_from),
+                       default=defaults.proxy_from, metavar="CIDR[,CIDR...]",
+                       help="who may send the PROXY header a haproxy: listener requires; "
+                       "a connection from elsewhere is closed (default: 127.0.0.0/8,::1)")
     _add_number(group, "--backlog", parse=config.parse_backlog, default=defaults.backlog,
                 metavar="N", help="connections the kernel queues until they are accepted; "
                 "it caps this at net.core.somaxconn")
@@ -269,6 +300,8 @@ def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _settle_exclusive_options(given, from_file, given.config)
     _warn_of_ignored_reverser_options(given, from_file)
     options = argparse.Namespace(verb=given.verb)
+    options.tcp_given = any(getattr(given, dest) is not UNSET or dest in from_file
+                            for dest in ("port", "interface"))
     for dest in dests:
         value = getattr(given, dest)
         if value is UNSET:
@@ -333,6 +366,8 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config
     return verb, config.Config(
         port=options.port,
         interface=options.interface,
+        listen=_listeners(verb, options),
+        proxy_from=options.proxy_from,
         max_line_length=options.max_line_length,
         shutdown_timeout=options.shutdown_timeout,
         log_level=options.log_level,
@@ -362,6 +397,23 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config
         idle_timeout=options.idle_timeout,
         write_timeout=options.write_timeout,
     )
+
+
+def _listeners(verb: str, options: argparse.Namespace) -> tuple[endpoints.Endpoint, ...]:
+    """The ``--listen`` endpoints; with none, and neither ``--port`` nor
+    ``--interface``, every socket a supervisor passed (socket activation)."""
+    listen = tuple(options.listen)
+    if verb in SERVING_VERBS:
+        inherited = activation.inherited_sockets()  # and the variables removed, for good
+        if not listen and not options.tcp_given and inherited \
+                and options.application_file is None and options.state_file is None:
+            listen = tuple(endpoints.SystemdEndpoint(index=passed.index)
+                           for passed in inherited)
+    try:
+        endpoints.check_distinct(list(listen))
+    except endpoints.DescriptionError as error:
+        raise UsageError(str(error)) from None
+    return listen
 
 
 def _absolute(path: pathlib.Path | None) -> pathlib.Path | None:

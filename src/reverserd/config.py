@@ -8,11 +8,17 @@ import math
 import os
 import pathlib
 import re
+from typing import TYPE_CHECKING
 
 from reverserd import limits
 from reverserd.logs import LEVELS
 from reverserd.persist import MAX_ID, quoted
 from reverserd.protocol import DEFAULT_MAX_LINE_LENGTH
+
+if TYPE_CHECKING:  # endpoints checks interfaces with this module's parse_interface
+    from reverserd.endpoints import Endpoint
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_PORT = 2323
 DEFAULT_INTERFACE = "127.0.0.1"
@@ -45,6 +51,8 @@ class Config:
 
     port: int = DEFAULT_PORT
     interface: str = DEFAULT_INTERFACE
+    listen: tuple[Endpoint, ...] = ()  # when empty, port and interface say where
+    proxy_from: tuple[Network, ...] = limits.DEFAULT_PROXY_FROM
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     shutdown_timeout: float = limits.DEFAULT_SHUTDOWN_TIMEOUT
     log_level: str = "info"
@@ -202,6 +210,22 @@ def parse_interface(text: str) -> str:
                          f"{MAX_HOST_LABEL} letters, digits or '-', {MAX_HOST_NAME} "
                          f"characters in all), got {quoted(text)}")
     return text
+
+
+def parse_proxy_from(text: str) -> tuple[Network, ...]:
+    """Networks whose hosts may send a PROXY header: ``CIDR[,CIDR...]``."""
+    parts = text.split(",")
+    if len(parts) > limits.MAX_PROXY_NETWORKS:
+        raise ValueError(f"expected at most {limits.MAX_PROXY_NETWORKS} networks, "
+                         f"got {len(parts)}")
+    networks = []
+    for part in parts:
+        try:
+            networks.append(ipaddress.ip_network(part.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"expected networks such as 127.0.0.0/8,::1 separated by "
+                             f"commas, got {quoted(part)}") from None
+    return tuple(networks)
 
 
 def parse_path(text: str) -> pathlib.Path:

@@ -29,6 +29,7 @@ from reverserd.errors import UsageError, UserError
 from reverserd.persist import QUOTED_LENGTH, Unreadable, quoted, read_regular_file
 
 MAX_BYTES = 1024 * 1024
+MAX_LIST_ITEMS = 64
 #: Options whose numbers TOML may give as numbers, not only as strings.
 NUMERIC = frozenset({"port", "backlog", "max_line_length", "shutdown_timeout",
                      "start_timeout", "stop_timeout", "log_max_bytes", "log_backups",
@@ -74,6 +75,15 @@ def _suggestion(key: str, options: Mapping[str, argparse.Action]) -> str:
 
 
 def _convert(action: argparse.Action, value: object, base: pathlib.Path) -> Any:
+    parse_item = getattr(action, "parse_item", None)
+    if parse_item is not None:  # a list option: every item through the same check
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list of strings, got {_shown(value)}")
+        if len(value) > MAX_LIST_ITEMS:
+            raise ValueError(f"expected at most {MAX_LIST_ITEMS} items, got {len(value)}")
+        if not all(isinstance(item, str) for item in value):
+            raise TypeError("expected a list of strings")
+        return [parse_item(item, base) for item in value]
     if action.nargs == 0:  # a flag: true gives what the flag sets, false the opposite
         if not isinstance(value, bool):
             raise TypeError(f"expected true or false, got {_shown(value)}")

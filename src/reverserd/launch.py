@@ -18,8 +18,8 @@ from reverserd import application, logs, persist, privileges, runner, workers
 from reverserd.config import Config
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
-from reverserd.internet import listening_sockets, tcp_servers
 from reverserd.jail import Jail
+from reverserd.listening import kept_fds, listening_services, release_all
 from reverserd.loops import LoopFactory
 from reverserd.pidfile import Claim
 from reverserd.policy import Limits
@@ -58,7 +58,7 @@ class Launch:
 
     def keep_fds(self) -> list[int]:
         """Descriptors the serving process needs, to keep through a detach."""
-        fds = [sock.fileno() for sock in listening_sockets(self.application)]
+        fds = kept_fds(self.application)
         for sockets in self.worker_sockets or ():
             fds.extend(sock.fileno() for sock in sockets)
         if self.state_directory is not None:
@@ -115,17 +115,23 @@ def prepare(config: Config, claim: Claim | None, jail: Jail | None,
     worker_sockets = None
     try:
         if config.workers > 1:
-            for server in tcp_servers(app):
+            for server in listening_services(app):
                 server.reuse_port = True
         app.privileged_start_service()
         if config.workers > 1:
             worker_sockets = workers.bind_worker_sockets(app, config.workers)
+        if account is not None and not account.is_current():
+            for server in listening_services(app):
+                server.hand_over(account.uid, account.gid)
     except BaseException:
         if state_directory is not None:
             state_directory.close()
+        for server in listening_services(app):
+            server.close_socket()
+        release_all(app)
         raise
     limits = Limits(config.max_connections, config.max_connections_per_peer,
-                    config.idle_timeout, config.write_timeout)
+                    config.idle_timeout, config.write_timeout, config.proxy_from)
     return Launch(app, account, jail, state_directory, loop, limits, config.worker_timeout,
                   worker_sockets)
 

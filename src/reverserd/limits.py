@@ -6,6 +6,8 @@ connection policy and the workers' supervisor agree on them.
 
 from __future__ import annotations
 
+import ipaddress
+
 DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_MAX_CONNECTIONS_PER_PEER = 0  # off
 DEFAULT_IDLE_TIMEOUT = 300.0  # seconds; 0 turns it off
@@ -16,3 +18,6 @@ DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # seconds connections get at stop to answer what
 MAX_SECONDS = 86_400.0  # the longest any timeout may be: a day
 MAX_CONNECTIONS = 1_000_000
 MAX_BACKLOG = 65_535
+#: Who may put a PROXY header before a connection: a balancer on this machine.
+DEFAULT_PROXY_FROM = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+MAX_PROXY_NETWORKS = 64

@@ -34,6 +34,7 @@ import asyncio
 import collections
 import dataclasses
 import errno
+import ipaddress
 import logging
 import os
 import resource
@@ -43,11 +44,12 @@ from reverserd.limits import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_PEER,
+    DEFAULT_PROXY_FROM,
     DEFAULT_WRITE_TIMEOUT,
 )
 
 if TYPE_CHECKING:
-    from reverserd.internet import TCPServer
+    from reverserd.listening import ListeningService
     from reverserd.protocol import LineHandler
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ class Limits:
     max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
+    proxy_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = DEFAULT_PROXY_FROM
 
 
 def raise_descriptor_limit() -> tuple[int, int]:
@@ -174,7 +177,7 @@ class ConnectionPolicy:
         self.accept_failures = AcceptFailures()
         self._per_peer: dict[str, int] = {}
         self._waiting: dict[LineHandler, None] = {}  # accepted over the cap, oldest first
-        self._listeners: list[TCPServer] = []
+        self._listeners: list[ListeningService] = []
         self.at_cap = False
         self.starved = False  # out of descriptors (or memory): paused until a probe finds room
         self.fd_ceiling = descriptor_ceiling()
@@ -184,16 +187,16 @@ class ConnectionPolicy:
     def may_accept(self) -> bool:
         return not (self.at_cap or self.starved)
 
-    def attach(self, listener: TCPServer) -> None:
+    def attach(self, listener: ListeningService) -> None:
         self._listeners.append(listener)
         if not self.may_accept:
             listener.pause_accepting()
 
-    def detach(self, listener: TCPServer) -> None:
+    def detach(self, listener: ListeningService) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def admit(self, handler: LineHandler, now: float, listener: TCPServer) -> bool:
+    def admit(self, handler: LineHandler, now: float, listener: ListeningService) -> bool:
         """Count a new connection; ``False`` when its peer has too many already."""
         transport = handler.transport
         assert transport is not None, "admitted once connected"
@@ -208,17 +211,26 @@ class ConnectionPolicy:
         if self.open > self.max_connections:
             transport.pause_reading()  # it waits its turn, as it would have in the queue
             self._waiting[handler] = None
+        return listener.endpoint.proxied or self.admit_peer(handler)
+
+    def admit_peer(self, handler: LineHandler) -> bool:
+        """Count a connection against its client's share; ``False`` when over it.
+
+        Behind a balancer, only once the PROXY header has named the client.
+        Unix-socket clients have no address to tell them apart: not counted.
+        """
         per_peer = self.limits.max_connections_per_peer
-        if per_peer:
-            peer = transport.get_extra_info("peername")
-            key = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-            handler.peer_key = key
-            self._per_peer[key] = held = self._per_peer.get(key, 0) + 1
-            if held > per_peer:
-                handler.close_reason = "per-peer"
-                log.debug("closing connection from %s: it has %d connections already, "
-                          "the most one address may hold", handler.peer, per_peer)
-                return False
+        peer = handler.peer_address
+        if not per_peer or not isinstance(peer, tuple) or not peer:
+            return True
+        key = str(peer[0])
+        handler.peer_key = key
+        self._per_peer[key] = held = self._per_peer.get(key, 0) + 1
+        if held > per_peer:
+            handler.close_reason = "per-peer"
+            log.debug("closing connection from %s: it has %d connections already, "
+                      "the most one address may hold", handler.peer, per_peer)
+            return False
         return True
 
     def release(self, handler: LineHandler, now: float) -> None:

@@ -107,6 +107,7 @@ class LineHandler(asyncio.Protocol):
         "_stopping",
         "_taken_seen",
         "_writing_paused",
+        "client",
         "close_reason",
         "lines_answered",
         "lines_unanswered",
@@ -132,6 +133,7 @@ class LineHandler(asyncio.Protocol):
         self.on_closed = on_closed
         self.close_reason: str | None = None  # the limit that closed it, if one did
         self.peer_key: str | None = None  # the address counted against a per-peer limit
+        self.client: object = None  # the client's address a PROXY header gave, if any
         self._limit = self.max_line_length if max_line_length is None else max_line_length
         self._partial = b""
         # Read, not yet answered from the offset on, and the length of a turn
@@ -144,9 +146,14 @@ class LineHandler(asyncio.Protocol):
     @property
     def peer(self) -> str:
         """The client's address, for log lines (formatted only when asked)."""
-        if self.transport is None:
-            return "?"
-        return format_sockaddr(self.transport.get_extra_info("peername"))
+        return format_sockaddr(self.peer_address)
+
+    @property
+    def peer_address(self) -> object:
+        """The client's address: from the PROXY header if there was one."""
+        if self.client is not None or self.transport is None:
+            return self.client
+        return self.transport.get_extra_info("peername")
 
     def line_received(self, line: bytes) -> bytes | None:
         """The reply to ``line`` (without its line end), or ``None`` for none."""

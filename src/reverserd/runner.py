@@ -19,7 +19,7 @@ from typing import Protocol
 from reverserd import __version__, logs, persist
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
-from reverserd.internet import lines_served, listening_addresses, tcp_servers
+from reverserd.listening import lines_served, listening_addresses, listening_services, release_all
 from reverserd.loops import LoopFactory
 from reverserd.pidfile import Claim
 from reverserd.policy import (
@@ -115,6 +115,7 @@ def run(application: Application, claim: Claim | None = None,
         if save_to is not None:
             _save(application, save_to)
     finally:
+        release_all(application)
         if claim is not None:
             claim.release()
         log.info("stopped")
@@ -147,7 +148,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
     """
     loop = asyncio.get_running_loop()
     policy = policy or ConnectionPolicy()
-    for server in tcp_servers(application):
+    for server in listening_services(application):
         server.policy = policy
     loop.set_exception_handler(policy.on_loop_exception)
     ticking: asyncio.TimerHandle | None = None

@@ -33,8 +33,8 @@ import struct
 import time
 
 from reverserd import logs, runner
-from reverserd.internet import listening_addresses, tcp_servers
 from reverserd.limits import DEFAULT_WORKER_TIMEOUT
+from reverserd.listening import listening_addresses, listening_services
 from reverserd.loops import LoopFactory
 from reverserd.pidfile import Claim, WorkerState
 from reverserd.policy import CLOSE_REASONS, SWEEP_INTERVAL, ConnectionPolicy, Limits
@@ -122,9 +122,9 @@ class Worker:
 def bind_worker_sockets(application: Application, count: int) -> list[list[socket.socket]]:
     """The sockets of every worker slot: slot 0 has the ones bound first.
 
-    Needs ``TCPServer.reuse_port`` set before the first bind.
+    Needs ``ListeningService.reuse_port`` set before the first bind.
     """
-    servers = tcp_servers(application)
+    servers = listening_services(application)
     first = [server.listening_socket for server in servers]
     slots = [[sock for sock in first if sock is not None]]
     try:
@@ -152,7 +152,7 @@ class Supervisor:
         self.loop_factory = loop_factory
         self.worker_timeout = worker_timeout
         self.limits = Limits()
-        self.servers = tcp_servers(application)
+        self.servers = listening_services(application)
         self.baseline = [server.lines_served for server in self.servers]
         self.counts = SharedCounts(len(sockets), len(self.servers))
         self.slots = [Worker(slot) for slot in range(len(sockets))]

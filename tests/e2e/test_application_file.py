@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 
 import pytest
@@ -159,3 +160,34 @@ def test_a_bad_application_file_fails_start_with_one_line(daemons, tmp_path, sou
     assert result.returncode == 1
     assert result.stderr == "reverserd: " + message.format(path="app.py") + "\n"
     assert not daemons.pidfile.exists()
+
+
+def test_an_application_file_listens_where_its_descriptions_say(reverserd, tmp_path) -> None:
+    app = tmp_path / "listeners.py"
+    socket_path = tmp_path / "app.sock"
+    app.write_text(
+        "from reverserd import Application, Reverser, TCPServer, listen\n"
+        "application = Application('listeners')\n"
+        "TCPServer(0, Reverser).set_service_parent(application)\n"
+        f"listen({'unix:' + str(socket_path) + ':mode=600'!r}, Reverser)"
+        ".set_service_parent(application)\n"
+        "listen('tcp6:0', Reverser).set_service_parent(application)\n"
+    )
+    process = reverserd("-n", "-y", str(app))
+    port = process.wait_until_serving()
+    process.wait_for_log(rf"listening on unix:{re.escape(str(socket_path))}$")
+    ipv6_port = int(process.wait_for_log(r"listening on \[::1\]:(\d+)$").group(1))
+    assert oct(socket_path.stat().st_mode & 0o777) == oct(0o600)
+    clients = [connect(port)]
+    unix_client = socket.socket(socket.AF_UNIX)
+    unix_client.settimeout(DEADLINE)
+    unix_client.connect(str(socket_path))
+    ipv6_client = socket.create_connection(("::1", ipv6_port), timeout=DEADLINE)
+    clients += [unix_client, ipv6_client]
+    for number, client in enumerate(clients):
+        with client:
+            client.sendall(f"line {number}\nquit\n".encode())
+            assert receive_until_closed(client) == f"{number} enil\n".encode()
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert not socket_path.exists()

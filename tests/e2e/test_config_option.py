@@ -22,7 +22,7 @@ def test_a_toml_config_with_a_flag_overriding_it(daemons: DaemonDirectory) -> No
         sock.sendall(b"abcd\nabcde\n")
         assert receive_until_closed(sock) == b"dcba\n", "max-line-length comes from the file"
     log = (etc / "from-config.log").read_text()
-    assert " INFO reverserd.internet: listening on " in log, "--log-level info overrides it"
+    assert " INFO reverserd.listening: listening on " in log, "--log-level info overrides it"
     status = daemons.run("--config", str(config), "status")
     assert status.returncode == 0 and status.stdout.startswith("reverserd running: pid "), status
     stopped = daemons.run("--config", str(config), "stop")

@@ -55,7 +55,7 @@ def test_log_lines_tell_the_daemon_story(daemons: DaemonDirectory) -> None:
                         rf"starting: Python 3\.\d+\.\d+, pid {daemon.pid}, application "
                         r"Reverser, (asyncio|uvloop) loop", lines[0]), lines[0]
     expected_in_order = [
-        rf"INFO reverserd\.internet: listening on 127\.0\.0\.1:{daemon.port}$",
+        rf"INFO reverserd\.listening: listening on 127\.0\.0\.1:{daemon.port}$",
         r"DEBUG reverserd\.protocol: connection from 127\.0\.0\.1:\d+$",
         r"DEBUG reverserd\.protocol: connection from 127\.0\.0\.1:\d+ closed$",
         r"INFO reverserd\.runner: received SIGTERM, stopping$",

@@ -47,7 +47,7 @@ def test_log_lines_carry_iso_time_level_and_logger(server: ReverserdProcess) -> 
         rf"Python 3\.\d+\.\d+, pid {server.pid}, application Reverser, "
         r"(asyncio|uvloop) loop", first
     ), first
-    server.wait_for_log(rf"^{ISO_TIME} INFO reverserd\.internet: listening on "
+    server.wait_for_log(rf"^{ISO_TIME} INFO reverserd\.listening: listening on "
                         rf"127\.0\.0\.1:{server.port}$")
 
 

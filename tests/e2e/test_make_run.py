@@ -24,7 +24,7 @@ def test_make_run_serves_on_2323_and_stops_cleanly(reverserd) -> None:
     outer_make = {"MAKEFLAGS": "", "MFLAGS": "", "MAKELEVEL": "0"}  # when run by `make test`
     make = reverserd("--no-print-directory", "-C", str(ROOT), "run",
                      command=["make"], env=outer_make)
-    make.wait_for_log(r"INFO reverserd\.internet: listening on 127\.0\.0\.1:2323$",
+    make.wait_for_log(r"INFO reverserd\.listening: listening on 127\.0\.0\.1:2323$",
                       timeout=300)
     with connect(2323) as sock:
         sock.sendall(b"hello\nquit\n")

@@ -1,16 +1,24 @@
-"""TCP services: bind while privileged, serve on the event loop, drain on stop."""
+"""Listening services: bind while privileged, serve on the event loop, drain on stop.
+
+``ListeningService`` serves one endpoint of any kind (see ``endpoints``);
+``TCPServer`` is its short form for one TCP port, and ``listen`` builds one
+from a description, as Twisted's ``strports.service`` does.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
-from typing import Any, Self
+from typing import Any, Self, cast
 
-from reverserd.addresses import format_address
+from reverserd import endpoints, preambles
 from reverserd.config import MAX_LINE_LENGTH, parse_interface
-from reverserd.errors import UserError, os_reason
+from reverserd.endpoints import Endpoint, TCPEndpoint
+from reverserd.errors import UserError
 from reverserd.limits import DEFAULT_BACKLOG, DEFAULT_SHUTDOWN_TIMEOUT, MAX_BACKLOG, MAX_SECONDS
 from reverserd.persist import StateError, StateReader, restorable, state_type
 from reverserd.policy import ConnectionPolicy
@@ -23,39 +31,6 @@ SOMAXCONN = "/proc/sys/net/core/somaxconn"
 ACCEPT_BATCH = 16  # connections the standard loop accepts per wake-up, before the cap is seen
 
 
-def bind_listening_socket(interface: str, port: int, backlog: int,
-                          reuse_port: bool = False) -> socket.socket:
-    """A non-blocking socket bound to ``interface:port`` and already listening.
-
-    Listening straight away means clients that connect before the event loop
-    runs wait in the backlog instead of being refused. With ``reuse_port``,
-    several such sockets share the port and the kernel spreads new
-    connections over them (one per worker process).
-    """
-    where = format_address(interface, port)
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            interface, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except socket.gaierror as error:
-        reason = (error.strerror or str(error)).lower()
-        raise UserError(f"cannot listen on {where}: {reason}") from None
-    except UnicodeError as error:  # a host name the IDNA codec refuses
-        raise UserError(f"cannot listen on {where}: invalid host name ({error})") from None
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        sock.listen(backlog)
-    except OSError as error:
-        sock.close()
-        raise UserError(f"cannot listen on {where}: {os_reason(error)}") from None
-    sock.setblocking(False)
-    return sock
-
-
 def kernel_backlog_limit() -> int | None:
     """``net.core.somaxconn``: the kernel silently caps every listen backlog to it."""
     try:
@@ -66,13 +41,15 @@ def kernel_backlog_limit() -> int | None:
 
 
 @restorable
-class TCPServer(Service):
-    """Serves ``handler_class`` on one TCP port.
+class ListeningService(Service):
+    """Serves ``handler_class`` on one endpoint (TCP, IPv6, Unix, TLS, inherited,
+    behind a PROXY header).
 
     The socket is bound in ``privileged_start_service`` so a port below 1024
-    can be taken before root is given up. ``stop_service`` stops accepting,
-    lets every connection answer the lines it already received, and closes
-    what is still open after ``shutdown_timeout`` seconds.
+    (or a key only root may read) can be taken before root is given up.
+    ``stop_service`` stops accepting, lets every connection answer the lines
+    it already received, and closes what is still open after
+    ``shutdown_timeout`` seconds.
 
     ``start_server`` is given a duplicate of the bound socket, never the
     socket itself: closing that server to stop accepting for a while (at the
@@ -85,21 +62,19 @@ class TCPServer(Service):
     across restarts from a state file.
     """
 
-    state_type = "reverserd.TCPServer"
+    state_type = "reverserd.ListeningService"
 
     def __init__(
         self,
-        port: int,
+        endpoint: Endpoint,
         handler_class: type[LineHandler],
-        interface: str = "127.0.0.1",
         backlog: int = DEFAULT_BACKLOG,
         *,
         max_line_length: int | None = None,
         shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
     ) -> None:
-        self.port = port
+        self.endpoint = endpoint
         self.handler_class = handler_class
-        self.interface = interface
         self.backlog = backlog
         self.max_line_length = max_line_length
         self.shutdown_timeout = shutdown_timeout
@@ -112,10 +87,12 @@ class TCPServer(Service):
         self._loop: asyncio.AbstractEventLoop | None = None  # set while serving
         self.policy: ConnectionPolicy | None = None  # the process's; a default one if unset
         self._connections: dict[LineHandler, asyncio.StreamWriter] = {}
+        self._opening: set[asyncio.Task[bool]] = set()  # PROXY headers, TLS handshakes
         self._all_closed: asyncio.Future[None] | None = None  # awaited while stopping
         self._lines_before = 0  # by connections now closed, and before a restore
         self._listened_port: int | None = None  # what port 0 turned into, kept after stop
         self.reuse_port = False
+        self._queue_length = backlog  # what listen() is given again after start_server's
         self._forget_handler = self._forget  # one bound method shared by every handler
 
     @property
@@ -128,15 +105,32 @@ class TCPServer(Service):
         self._lines_before += count
 
     def save_state(self) -> dict[str, Any]:
-        """Settings, the line count, and the port it listened on, so a restart
-        from the state file comes back where clients knew it."""
+        """The description (with the port 0 turned into, so a restart from the
+        state file comes back where clients knew it), settings and line count."""
+        return {
+            "listen": self._saved_endpoint().description,
+            **self._saved_settings(),
+        }
+
+    def _saved_endpoint(self) -> Endpoint:
+        endpoint = self.endpoint
+        proxied = isinstance(endpoint, endpoints.ProxiedEndpoint)
+        inner = endpoint.inner if isinstance(endpoint, endpoints.ProxiedEndpoint) else endpoint
+        port = self._listened_port
+        if port is None:
+            return endpoint
+        if isinstance(inner, TCPEndpoint):
+            inner = dataclasses.replace(inner, port=port)
+        elif isinstance(inner, endpoints.TLSEndpoint):
+            inner = dataclasses.replace(inner, tcp=dataclasses.replace(inner.tcp, port=port))
+        return endpoints.ProxiedEndpoint(inner) if proxied else inner
+
+    def _saved_settings(self) -> dict[str, Any]:
         handler = state_type(self.handler_class)
         if handler is None:
-            raise UserError(f"service {self.name or 'TCPServer'!r} cannot be saved: its "
-                            f"handler {self.handler_class.__qualname__} is not @restorable")
+            raise UserError(f"service {self.name or type(self).__name__!r} cannot be saved: "
+                            f"its handler {self.handler_class.__qualname__} is not @restorable")
         return {
-            "port": self.port if self._listened_port is None else self._listened_port,
-            "interface": self.interface,
             "backlog": self.backlog,
             "handler": handler,
             "max_line_length": self.max_line_length,
@@ -146,34 +140,31 @@ class TCPServer(Service):
 
     @classmethod
     def restore_state(cls, state: StateReader) -> Self:
+        description = state.text("listen", endpoints.MAX_DESCRIPTION)
         try:
-            interface = parse_interface(state.text("interface"))
-        except ValueError as error:
-            raise StateError(f"{state.where}: 'interface': {error}") from None
-        server = cls(
-            state.integer("port", maximum=65535),
+            endpoint = endpoints.parse(description)
+        except endpoints.DescriptionError as error:
+            raise StateError(f"{state.where}: 'listen': {error}") from None
+        return cls._restored(state, endpoint)
+
+    @classmethod
+    def _restored(cls, state: StateReader, endpoint: Endpoint) -> Self:
+        service = cls.__new__(cls)
+        ListeningService.__init__(
+            service, endpoint,
             state.restorable_class("handler", LineHandler),
-            interface,
             state.integer("backlog", minimum=1, maximum=MAX_BACKLOG, default=DEFAULT_BACKLOG),
             max_line_length=state.optional_integer("max_line_length", minimum=1,
                                                    maximum=MAX_LINE_LENGTH),
             shutdown_timeout=state.number("shutdown_timeout", maximum=MAX_SECONDS),
         )
-        server._lines_before = state.integer("lines_served", default=0)
-        return server
+        service._lines_before = state.integer("lines_served", default=0)
+        return service
 
     @property
     def listening_socket(self) -> socket.socket | None:
         """The listening socket, once bound."""
         return self._socket
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """Where the server listens; the real port once bound (``port=0``)."""
-        if self._socket is None:
-            return self.interface, self.port
-        host, port = self._socket.getsockname()[:2]
-        return host, port
 
     def privileged_start_service(self) -> None:
         super().privileged_start_service()
@@ -182,23 +173,41 @@ class TCPServer(Service):
             if limit is not None and self.backlog > limit:
                 log.info("listen backlog %d capped at the kernel's net.core.somaxconn, %d",
                          self.backlog, limit)
-            self._socket = bind_listening_socket(self.interface, self.port, self.backlog,
-                                                 self.reuse_port)
-            self._listened_port = self.address[1]
+            self._socket = self.endpoint.bind(self.backlog, self.reuse_port)
+            self._queue_length = self.endpoint.queue_length(self._socket, self.backlog)
+            if self._socket.family != socket.AF_UNIX:
+                self._listened_port = self._socket.getsockname()[1]
 
     def bind_replica(self) -> socket.socket:
-        """Another listening socket on the port this one took (``reuse_port``)."""
-        assert self._socket is not None and self.reuse_port
-        return bind_listening_socket(self.interface, self.address[1], self.backlog,
-                                     reuse_port=True)
+        """A listening socket for another worker: its own on the same port for
+        TCP (``reuse_port``), the same one shared for the others."""
+        assert self._socket is not None
+        return self.endpoint.replica(self._socket, self.backlog)
 
     def use_socket(self, sock: socket.socket) -> None:
         """Serve on ``sock`` (a replica) instead of the socket bound first."""
         self._socket = sock
 
+    def hand_over(self, uid: int, gid: int) -> None:
+        """Give the socket file, if there is one, to the account the daemon runs as."""
+        self.endpoint.hand_over(uid, gid)
+
+    def kept_fds(self) -> list[int]:
+        """Descriptors that must survive a detach: the socket, and the directory
+        of a socket file (removed at stop even from inside a jail)."""
+        if self._socket is None:
+            return []
+        return [self._socket.fileno(), *self.endpoint.kept_fds()]
+
+    def release(self) -> None:
+        """Remove what binding left on disk; the process that bound it does, once."""
+        self.endpoint.release()
+
     @property
     def where(self) -> str:
-        return format_address(*self.address)
+        """How logs and ``status`` name it: ``127.0.0.1:2323``, ``[::1]:2323``,
+        ``unix:/run/reverserd.sock``, ``tls 0.0.0.0:2324``, ``proxied ...``."""
+        return self.endpoint.label(self._socket)
 
     def connections(self) -> list[LineHandler]:
         """The open connections, as a list the caller may close them from."""
@@ -231,7 +240,7 @@ class TCPServer(Service):
         accept_socket = self._socket.dup()
         server = await asyncio.start_server(self._adopt, sock=accept_socket,
                                             backlog=ACCEPT_BATCH)
-        self._socket.listen(self.backlog)
+        self._socket.listen(self._queue_length)
         if generation != self._accept_generation or not self._accepting:
             server.close()  # paused, or resumed again, while this one started
             return
@@ -282,11 +291,11 @@ class TCPServer(Service):
     async def stop_service(self) -> None:
         await super().stop_service()
         if self._loop is None or self.policy is None:  # never started
-            self._close_socket()
+            self.close_socket()
             return
         where = self.where
         self.pause_accepting()
-        self._close_socket()  # from now on the kernel refuses newcomers
+        self.close_socket()  # from now on the kernel refuses newcomers
         self.policy.detach(self)
         try:
             await self._finish_connections()
@@ -329,7 +338,7 @@ class TCPServer(Service):
         for handler in list(self._connections):
             handler.abort()
 
-    def _close_socket(self) -> None:
+    def close_socket(self) -> None:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
@@ -354,20 +363,72 @@ class TCPServer(Service):
         collector.
         """
         handler = self.handler_class(self.max_line_length, self._forget_handler)
-        transport = writer.transport
+        transport = cast(asyncio.Transport, writer.transport)
         streams = transport.get_protocol()
-        transport.set_protocol(handler)
+        opening = None
+        if self._opens_first:
+            opening = preambles.Opening(transport, self.endpoint.proxied)
+            transport.set_protocol(opening)
+            handler.transport = transport
+        else:
+            transport.set_protocol(handler)
         streams.connection_lost(None)
         self._connections[handler] = writer
-        handler.connection_made(transport)
+        if opening is None:
+            handler.connection_made(transport)
         assert self.policy is not None and self._loop is not None
         if not self.policy.admit(handler, self._loop.time(), self):
             transport.close()
-        elif self._all_closed is not None:
+            if opening is not None:
+                handler.connection_lost(None)
+            return
+        if opening is not None:
+            self._open(handler, transport, opening)
+        if self._all_closed is not None:
             handler.request_stop()
 
+    @property
+    def _opens_first(self) -> bool:
+        return self.endpoint.proxied or self._tls is not None
+
+    @property
+    def _tls(self) -> ssl.SSLContext | None:
+        return self.endpoint.tls_context()
+
+    def _open(self, handler: LineHandler, transport: asyncio.Transport,
+              opening: preambles.Opening) -> None:
+        """Start the PROXY header's read or the TLS handshake, in a task of its own.
+
+        A balancer's header is taken only from the addresses ``--proxy-from``
+        allows; anyone else is closed at once.
+        """
+        assert self.policy is not None and self._loop is not None
+        if self.endpoint.proxied:
+            peer = transport.get_extra_info("peername")
+            if not preambles.may_send_header(peer, self.policy.limits.proxy_from):
+                log.info("closing connection from %s: not an address --proxy-from allows to "
+                         "send a PROXY header", handler.peer)
+                transport.abort()
+                handler.connection_lost(None)
+                return
+        task = self._loop.create_task(self._opened(handler, transport, opening))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _opened(self, handler: LineHandler, transport: asyncio.Transport,
+                      opening: preambles.Opening) -> bool:
+        if not await preambles.open_connection(handler, transport, opening, self._tls):
+            return False
+        assert self.policy is not None
+        if self.endpoint.proxied and not self.policy.admit_peer(handler):
+            assert handler.transport is not None
+            handler.transport.close()
+            return False
+        return True
+
     def _forget(self, handler: LineHandler) -> None:
-        del self._connections[handler]
+        if self._connections.pop(handler, None) is None:
+            return  # told twice: a TLS layer and a failed handshake both say so
         self._lines_before += handler.lines_answered
         assert self.policy is not None and self._loop is not None
         self.policy.release(handler, self._loop.time())
@@ -376,30 +437,104 @@ class TCPServer(Service):
             self._all_closed.set_result(None)
 
 
-def _tcp_servers(service: Service) -> Iterator[TCPServer]:
-    if isinstance(service, TCPServer):
+@restorable
+class TCPServer(ListeningService):
+    """The short form of a ``ListeningService`` on one TCP port (``tcp:PORT``)."""
+
+    state_type = "reverserd.TCPServer"
+
+    def __init__(
+        self,
+        port: int,
+        handler_class: type[LineHandler],
+        interface: str = "127.0.0.1",
+        backlog: int = DEFAULT_BACKLOG,
+        *,
+        max_line_length: int | None = None,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+    ) -> None:
+        super().__init__(TCPEndpoint(port, interface), handler_class, backlog,
+                         max_line_length=max_line_length, shutdown_timeout=shutdown_timeout)
+
+    @property
+    def port(self) -> int:
+        return self._tcp.port
+
+    @property
+    def interface(self) -> str:
+        return self._tcp.interface
+
+    @property
+    def _tcp(self) -> TCPEndpoint:
+        assert isinstance(self.endpoint, TCPEndpoint)
+        return self.endpoint
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the server listens; the real port once bound (``port=0``)."""
+        if self._socket is None:
+            return self.interface, self.port
+        host, port = self._socket.getsockname()[:2]
+        return host, port
+
+    def save_state(self) -> dict[str, Any]:
+        return {
+            "port": self.port if self._listened_port is None else self._listened_port,
+            "interface": self.interface,
+            **self._saved_settings(),
+        }
+
+    @classmethod
+    def restore_state(cls, state: StateReader) -> Self:
+        try:
+            interface = parse_interface(state.text("interface"))
+        except ValueError as error:
+            raise StateError(f"{state.where}: 'interface': {error}") from None
+        return cls._restored(state, TCPEndpoint(state.integer("port", maximum=65535),
+                                                interface))
+
+
+def listen(description: str, handler_class: type[LineHandler], *,
+           backlog: int = DEFAULT_BACKLOG, max_line_length: int | None = None,
+           shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> ListeningService:
+    """A service serving ``handler_class`` where ``description`` says
+    (``tcp:2323``, ``unix:/run/app.sock``, ``haproxy:tcp:2325``...).
+
+    Raises ``ValueError`` (``endpoints.DescriptionError``) for a bad description.
+    """
+    return ListeningService(endpoints.parse(description), handler_class, backlog,
+                            max_line_length=max_line_length, shutdown_timeout=shutdown_timeout)
+
+
+def _listening_services(service: Service) -> Iterator[ListeningService]:
+    if isinstance(service, ListeningService):
         yield service
     elif isinstance(service, MultiService):
         for child in service:
-            yield from _tcp_servers(child)
+            yield from _listening_services(child)
+
+
+def listening_services(service: Service) -> list[ListeningService]:
+    """Every listening service of a tree, in tree order."""
+    return list(_listening_services(service))
 
 
 def listening_addresses(service: Service) -> tuple[str, ...]:
-    """Where every ``TCPServer`` in a service tree listens, in tree order."""
-    return tuple(format_address(*server.address) for server in _tcp_servers(service))
+    """Where every listening service of a tree listens, in tree order."""
+    return tuple(server.where for server in _listening_services(service))
 
 
 def lines_served(service: Service) -> int:
-    """Lines answered by every ``TCPServer`` in a service tree, over its life."""
-    return sum(server.lines_served for server in _tcp_servers(service))
+    """Lines answered by every listening service of a tree, over its life."""
+    return sum(server.lines_served for server in _listening_services(service))
 
 
-def tcp_servers(service: Service) -> list[TCPServer]:
-    """Every ``TCPServer`` of a service tree, in tree order."""
-    return list(_tcp_servers(service))
+def kept_fds(service: Service) -> list[int]:
+    """The descriptors of a service tree's listeners, which must survive a detach."""
+    return [fd for server in _listening_services(service) for fd in server.kept_fds()]
 
 
-def listening_sockets(service: Service) -> list[socket.socket]:
-    """The bound sockets of a service tree, which must survive a detach."""
-    return [sock for server in _tcp_servers(service)
-            if (sock := server.listening_socket) is not None]
+def release_all(service: Service) -> None:
+    """Remove every socket file the tree's listeners made (their sockets closed)."""
+    for server in _listening_services(service):
+        server.release()

@@ -1,0 +1,664 @@
+"""Where a service listens, written as Twisted writes endpoint descriptions.
+
+A description is ``prefix:positional:key=value:...``; a backslash makes the
+next character plain (``tcp6:2323:interface=\\:\\:1``). Each prefix parses
+into an ``Endpoint``, which binds its socket while the process is still
+privileged (or adopts one a supervisor bound), says how it is shown in the
+log, and says what an accepted connection must get through before its
+lines are served: a TLS handshake, a PROXY header.
+
+Unlike Twisted, TCP listens on loopback unless told otherwise: every
+interface has to be asked for (``interface=0.0.0.0``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import ipaddress
+import os
+import pathlib
+import socket
+import ssl
+import stat
+import struct
+import tempfile
+from collections.abc import Callable
+
+from reverserd import activation
+from reverserd.addresses import format_address, format_sockaddr
+from reverserd.config import parse_interface
+from reverserd.errors import UserError, os_reason
+
+MAX_DESCRIPTION = 8192
+MAX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes, the closing NUL included
+MAX_BACKLOG = 65535
+DEFAULT_UNIX_MODE = 0o660
+MAX_KEY_FILE_BYTES = 1024 * 1024
+TLS_HANDSHAKE_TIMEOUT = 10.0
+# struct tcp_info: for a listening socket, tcpi_sacked holds the accept queue's length.
+TCP_INFO_BYTES = 32
+LISTEN_BACKLOG_OFFSET = 28
+PLAIN = frozenset(":=\\")
+
+
+class DescriptionError(ValueError):
+    """A description that names no endpoint; the message quotes it."""
+
+
+def split(text: str) -> tuple[str, list[str], dict[str, str]]:
+    """The prefix, the positional arguments and the ``key=value`` ones.
+
+    An unescaped ``=`` makes an argument a keyword one; backslashes are
+    taken away, so what remains is each argument's own text.
+    """
+    fields: list[list[tuple[str, bool]]] = [[]]
+    characters = iter(text)
+    for character in characters:
+        if character == "\\":
+            following = next(characters, None)
+            if following is None:
+                raise ValueError("it ends with a lone backslash")
+            fields[-1].append((following, True))
+        elif character == ":":
+            fields.append([])
+        else:
+            fields[-1].append((character, False))
+    prefix, *arguments = ("".join(c for c, _ in field) for field in fields)
+    positional: list[str] = []
+    keywords: dict[str, str] = {}
+    for field, argument in zip(fields[1:], arguments):
+        at = next((i for i, (c, escaped) in enumerate(field) if c == "=" and not escaped), None)
+        if at is None:
+            if keywords:
+                raise ValueError(f"{argument!r} comes after a key=value argument")
+            positional.append(argument)
+            continue
+        key, value = argument[:at], argument[at + 1:]
+        if key in keywords:
+            raise ValueError(f"key {key!r} is given twice")
+        keywords[key] = value
+    return prefix, positional, keywords
+
+
+def escape(text: str) -> str:
+    """``text`` as one argument of a description."""
+    return "".join("\\" + c if c in PLAIN else c for c in text)
+
+
+class Endpoint:
+    """One place to listen; see the module's docstring."""
+
+    proxied = False  # a PROXY header comes first on every connection
+
+    @property
+    def description(self) -> str:
+        """The text that makes this endpoint again (saved state, messages)."""
+        raise NotImplementedError
+
+    def bind(self, backlog: int, reuse_port: bool) -> socket.socket:
+        raise NotImplementedError
+
+    def replica(self, sock: socket.socket, backlog: int) -> socket.socket:
+        """Another socket for a worker process: by default the same one, shared."""
+        return sock.dup()
+
+    def label(self, sock: socket.socket | None) -> str:
+        """How the log and ``status`` name it: the real port once bound."""
+        raise NotImplementedError
+
+    def queue_length(self, sock: socket.socket, backlog: int) -> int:
+        """The accept queue's length, given again to ``listen`` once
+        ``start_server`` has set its own."""
+        return backlog
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS settings read at ``bind``; ``None`` for plain text."""
+        return None
+
+    def kept_fds(self) -> list[int]:
+        """Descriptors besides the socket that must survive a detach."""
+        return []
+
+    def hand_over(self, uid: int, gid: int) -> None:
+        """Give what ``bind`` created on disk to the account the daemon runs as."""
+
+    def release(self) -> None:
+        """Undo what ``bind`` left on disk, once the socket is closed."""
+
+    def address_key(self) -> object:
+        """Two endpoints with equal keys would listen on the same address."""
+        return self.description
+
+
+@dataclasses.dataclass(frozen=True)
+class TCPEndpoint(Endpoint):
+    port: int
+    interface: str = "127.0.0.1"
+    backlog: int | None = None
+    ipv6_only: bool = False
+
+    @property
+    def description(self) -> str:
+        prefix = "tcp6" if self.ipv6_only else "tcp"
+        backlog = "" if self.backlog is None else f":backlog={self.backlog}"
+        return f"{prefix}:{self.port}:interface={escape(self.interface)}{backlog}"
+
+    def bind(self, backlog: int, reuse_port: bool) -> socket.socket:
+        return bind_tcp(self.interface, self.port, self.backlog or backlog, reuse_port,
+                        self.ipv6_only)
+
+    def replica(self, sock: socket.socket, backlog: int) -> socket.socket:
+        """A socket of its own on the same port (``SO_REUSEPORT``): the kernel
+        spreads new connections over the workers."""
+        return bind_tcp(self.interface, sock.getsockname()[1], self.backlog or backlog, True,
+                        self.ipv6_only)
+
+    def queue_length(self, sock: socket.socket, backlog: int) -> int:
+        return self.backlog or backlog
+
+    def label(self, sock: socket.socket | None) -> str:
+        if sock is None:
+            return format_address(self.interface, self.port)
+        return format_sockaddr(sock.getsockname())
+
+    def address_key(self) -> object:
+        if self.port == 0:
+            return object()  # a free port each: never the same address
+        try:
+            host = str(ipaddress.ip_address(self.interface))
+        except ValueError:
+            host = self.interface.lower()
+        return ("tcp", host, self.port)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnixEndpoint(Endpoint):
+    """A Unix socket file, with exactly ``mode`` whatever the umask.
+
+    The directory stays open from ``bind`` on, so the file can be removed
+    at stop even from inside a chroot jail it lies outside of.
+    """
+
+    path: pathlib.Path
+    mode: int = DEFAULT_UNIX_MODE
+    backlog: int | None = None
+    _bound: list[tuple[int, tuple[int, int, int]]] = dataclasses.field(
+        default_factory=list, compare=False, repr=False)  # (directory fd, identity)
+
+    @property
+    def description(self) -> str:
+        backlog = "" if self.backlog is None else f":backlog={self.backlog}"
+        return f"unix:{escape(str(self.path))}:mode={self.mode:o}{backlog}"
+
+    def bind(self, backlog: int, reuse_port: bool) -> socket.socket:
+        where = self.label(None)
+        self._clear_stale(where)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        directory = -1
+        try:
+            directory = os.open(self.path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            umask = os.umask(0o777)  # no moment with more rights than asked for
+            try:
+                sock.bind(str(self.path))
+            finally:
+                os.umask(umask)
+            os.chmod(self.path, self.mode)
+            sock.listen(self.backlog or backlog)
+            status = os.stat(self.path)
+        except OSError as error:
+            sock.close()
+            if directory >= 0:
+                os.close(directory)
+            raise UserError(f"cannot listen on {where}: {os_reason(error)}") from None
+        self._bound.append((directory, _identity(status)))
+        sock.setblocking(False)
+        return sock
+
+    def _clear_stale(self, where: str) -> None:
+        """Remove a socket file no server answers on; refuse anything else."""
+        try:
+            status = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            raise UserError(f"cannot listen on {where}: {os_reason(error)}") from None
+        if not stat.S_ISSOCK(status.st_mode):
+            raise UserError(f"cannot listen on {where}: the path exists and is not a socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.setblocking(False)
+            try:
+                probe.connect(str(self.path))
+            except ConnectionRefusedError:
+                pass  # left by a server that is gone
+            except BlockingIOError:  # a live server whose queue is full
+                raise UserError(f"cannot listen on {where}: address already in use") from None
+            except OSError as error:
+                raise UserError(f"cannot listen on {where}: {os_reason(error)}") from None
+            else:
+                raise UserError(f"cannot listen on {where}: address already in use")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def label(self, sock: socket.socket | None) -> str:
+        return f"unix:{self.path}"
+
+    def hand_over(self, uid: int, gid: int) -> None:
+        try:
+            os.chown(self.path, uid, gid)
+            identity = _identity(os.stat(self.path))  # a new ctime
+        except OSError as error:
+            raise UserError(f"cannot give {self.label(None)} to the daemon's account: "
+                            f"{os_reason(error)}") from None
+        self._bound[:] = [(directory, identity) for directory, _ in self._bound]
+
+    def queue_length(self, sock: socket.socket, backlog: int) -> int:
+        return self.backlog or backlog
+
+    def release(self) -> None:
+        """Remove the socket file, unless another has taken its place."""
+        while self._bound:
+            directory, identity = self._bound.pop()
+            try:
+                status = os.stat(self.path.name, dir_fd=directory, follow_symlinks=False)
+                if _identity(status) == identity:
+                    os.unlink(self.path.name, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+            finally:
+                os.close(directory)
+
+    def kept_fds(self) -> list[int]:
+        return [directory for directory, _ in self._bound]
+
+    def address_key(self) -> object:
+        return ("unix", os.path.normpath(self.path))
+
+
+def _identity(status: os.stat_result) -> tuple[int, int, int]:
+    """Tells one file from another made later at the same path: an inode
+    number alone may be given again at once."""
+    return status.st_dev, status.st_ino, status.st_ctime_ns
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSEndpoint(Endpoint):
+    """TCP with TLS 1.2 or later; key and certificates are read at ``bind``,
+    while root may still read them."""
+
+    tcp: TCPEndpoint
+    private_key: pathlib.Path
+    cert_key: pathlib.Path | None = None
+    extra_cert_chain: pathlib.Path | None = None
+    _context: list[ssl.SSLContext] = dataclasses.field(
+        default_factory=list, compare=False, repr=False)
+
+    @property
+    def description(self) -> str:
+        text = f"ssl:{self.tcp.port}:privateKey={escape(str(self.private_key))}"
+        if self.cert_key is not None:
+            text += f":certKey={escape(str(self.cert_key))}"
+        if self.extra_cert_chain is not None:
+            text += f":extraCertChain={escape(str(self.extra_cert_chain))}"
+        text += f":interface={escape(self.tcp.interface)}"
+        return text if self.tcp.backlog is None else f"{text}:backlog={self.tcp.backlog}"
+
+    def bind(self, backlog: int, reuse_port: bool) -> socket.socket:
+        if not self._context:
+            self._context.append(self._load())
+        return self.tcp.bind(backlog, reuse_port)
+
+    def _load(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
+        key = _read_pem(self.private_key, "private key")
+        certificates = _read_pem(self.cert_key or self.private_key, "certificate")
+        if self.extra_cert_chain is not None:
+            certificates += b"\n" + _read_pem(self.extra_cert_chain, "certificate chain")
+        # load_cert_chain reads only files: give it private copies, gone at once.
+        with tempfile.TemporaryDirectory(prefix="reverserd-tls-") as scratch:
+            chain_file, key_file = pathlib.Path(scratch, "chain"), pathlib.Path(scratch, "key")
+            for path, content in ((chain_file, certificates), (key_file, key)):
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with open(descriptor, "wb") as file:
+                    file.write(content)
+            try:
+                context.load_cert_chain(chain_file, key_file)
+            except ssl.SSLError as error:
+                raise UserError(f"cannot use the key {self.private_key} with the certificate "
+                                f"{self.cert_key or self.private_key}: "
+                                f"{error.reason or error}".lower()) from None
+        return context
+
+    def replica(self, sock: socket.socket, backlog: int) -> socket.socket:
+        return self.tcp.replica(sock, backlog)
+
+    def queue_length(self, sock: socket.socket, backlog: int) -> int:
+        return self.tcp.queue_length(sock, backlog)
+
+    def label(self, sock: socket.socket | None) -> str:
+        return f"tls {self.tcp.label(sock)}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self._context[0] if self._context else None
+
+    def address_key(self) -> object:
+        return self.tcp.address_key()
+
+
+def _read_pem(path: pathlib.Path, what: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            content = file.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as error:
+        raise UserError(f"cannot read the TLS {what} {path}: {os_reason(error)}") from None
+    if len(content) > MAX_KEY_FILE_BYTES:
+        raise UserError(f"cannot read the TLS {what} {path}: over {MAX_KEY_FILE_BYTES} bytes")
+    return content
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemdEndpoint(Endpoint):
+    """A socket the supervisor bound and passed on (see ``activation``)."""
+
+    index: int | None = None
+    name: str | None = None
+    domain: str | None = None  # INET, INET6 or UNIX, checked when given
+
+    @property
+    def description(self) -> str:
+        which = f"index={self.index}" if self.name is None else f"name={escape(self.name)}"
+        return f"systemd:{which}" + ("" if self.domain is None else f":domain={self.domain}")
+
+    def bind(self, backlog: int, reuse_port: bool) -> socket.socket:
+        inherited = activation.inherited_sockets()
+        if not inherited:
+            raise UserError(f"cannot listen on {self.description}: no socket was passed to "
+                            "this process (LISTEN_FDS and LISTEN_PID are not set for it)")
+        found = [passed for passed in inherited
+                 if passed.index == self.index or passed.name == self.name]
+        if not found:
+            names = ", ".join(f"{passed.index}={passed.name}" for passed in inherited)
+            raise UserError(f"cannot listen on {self.description}: the sockets passed are "
+                            f"{names}")
+        sock = found[0].socket
+        if self.domain is not None and DOMAINS[self.domain] != sock.family:
+            raise UserError(f"cannot listen on {self.description}: the socket passed is "
+                            f"not {self.domain}")
+        return sock
+
+    def queue_length(self, sock: socket.socket, backlog: int) -> int:
+        """The length the supervisor chose (its ``Backlog=``): read back from
+        the kernel for TCP, which reports it in ``TCP_INFO``; SOMAXCONN,
+        systemd's default, otherwise."""
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_BYTES)
+            if len(info) >= TCP_INFO_BYTES:
+                length: int = struct.unpack_from("I", info, LISTEN_BACKLOG_OFFSET)[0]
+                if length:
+                    return length
+        return socket.SOMAXCONN
+
+    def label(self, sock: socket.socket | None) -> str:
+        if sock is None:
+            return self.description
+        if sock.family == socket.AF_UNIX:
+            name = sock.getsockname()
+            return f"unix:{name.decode(errors='replace') if isinstance(name, bytes) else name}"
+        return format_sockaddr(sock.getsockname())
+
+    def address_key(self) -> object:
+        return ("systemd", self.index, self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxiedEndpoint(Endpoint):
+    """``haproxy:``: every connection starts with a PROXY header naming the client."""
+
+    inner: Endpoint
+    proxied = True
+
+    @property
+    def description(self) -> str:
+        return f"haproxy:{self.inner.description}"
+
+    def bind(self, backlog: int, reuse_port: bool) -> socket.socket:
+        return self.inner.bind(backlog, reuse_port)
+
+    def replica(self, sock: socket.socket, backlog: int) -> socket.socket:
+        return self.inner.replica(sock, backlog)
+
+    def label(self, sock: socket.socket | None) -> str:
+        return f"proxied {self.inner.label(sock)}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        return self.inner.tls_context()
+
+    def hand_over(self, uid: int, gid: int) -> None:
+        self.inner.hand_over(uid, gid)
+
+    def queue_length(self, sock: socket.socket, backlog: int) -> int:
+        return self.inner.queue_length(sock, backlog)
+
+    def kept_fds(self) -> list[int]:
+        return self.inner.kept_fds()
+
+    def release(self) -> None:
+        self.inner.release()
+
+    def address_key(self) -> object:
+        return self.inner.address_key()
+
+
+DOMAINS = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
+
+
+def bind_tcp(interface: str, port: int, backlog: int, reuse_port: bool = False,
+             ipv6_only: bool = False) -> socket.socket:
+    """A non-blocking socket bound to ``interface:port`` and already listening.
+
+    Listening straight away means clients that connect before the event loop
+    runs wait in the backlog instead of being refused. With ``reuse_port``,
+    several such sockets share the port and the kernel spreads new
+    connections over them (one per worker process).
+    """
+    where = format_address(interface, port)
+    family = socket.AF_INET6 if ipv6_only else socket.AF_UNSPEC
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            interface, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as error:
+        reason = (error.strerror or str(error)).lower()
+        raise UserError(f"cannot listen on {where}: {reason}") from None
+    except UnicodeError as error:  # a host name the IDNA codec refuses
+        raise UserError(f"cannot listen on {where}: invalid host name ({error})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if ipv6_only:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        raise UserError(f"cannot listen on {where}: {os_reason(error)}") from None
+    sock.setblocking(False)
+    return sock
+
+
+# Parsing --------------------------------------------------------------------
+
+def parse(text: str, base: pathlib.Path | None = None) -> Endpoint:
+    """The endpoint ``text`` describes; relative paths are taken from ``base``
+    (the working directory if ``None``). Raises ``DescriptionError``."""
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    if len(text) > MAX_DESCRIPTION:
+        raise DescriptionError(f"bad listener {shown!r}: over {MAX_DESCRIPTION} characters")
+    try:
+        return _parse(text, base or pathlib.Path.cwd())
+    except ValueError as error:
+        raise DescriptionError(f"bad listener {shown!r}: {error}") from None
+
+
+def _parse(text: str, base: pathlib.Path) -> Endpoint:
+    prefix, _, rest = text.partition(":")
+    if prefix == "haproxy":
+        inner = _parse(rest, base)
+        if isinstance(inner, ProxiedEndpoint):
+            raise ValueError("haproxy: is given twice")
+        return ProxiedEndpoint(inner)
+    prefix, positional, keywords = split(text)
+    make = PREFIXES.get(prefix)
+    if make is None:
+        raise ValueError(f"unknown prefix {prefix!r} (expected one of "
+                         f"{', '.join([*PREFIXES, 'haproxy'])})")
+    return make(_Arguments(prefix, positional, keywords, base))
+
+
+@dataclasses.dataclass
+class _Arguments:
+    """The arguments of one description, each taken once by name or position."""
+
+    prefix: str
+    positional: list[str]
+    keywords: dict[str, str]
+    base: pathlib.Path
+
+    def take(self, key: str, required: bool = False) -> str | None:
+        if key in self.keywords:
+            return self.keywords.pop(key)
+        if self.positional:
+            return self.positional.pop(0)
+        if required:
+            raise ValueError(f"{self.prefix}: needs {key}")
+        return None
+
+    def keyword(self, key: str) -> str | None:
+        return self.keywords.pop(key, None)
+
+    def done(self) -> None:
+        if self.positional:
+            raise ValueError(f"unexpected argument {self.positional[0]!r}")
+        if self.keywords:
+            raise ValueError(f"unknown key {next(iter(self.keywords))!r} for {self.prefix}:")
+
+    def path(self, key: str, required: bool = False) -> pathlib.Path | None:
+        text = self.take(key, required) if required else self.keyword(key)
+        if text is None:
+            return None
+        if not text or "\0" in text or len(os.fsencode(text)) > 4096:
+            raise ValueError(f"{key}: expected a path of 1 to 4096 bytes without NUL")
+        return pathlib.Path(os.path.normpath(self.base / text))
+
+
+def _number(text: str | None, what: str, low: int, high: int) -> int | None:
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > 6 or not low <= int(text) <= high:
+        raise ValueError(f"{what}: expected a number from {low} to {high}, got {text!r}")
+    return int(text)
+
+
+def _interface(text: str | None, default: str, ipv6_only: bool) -> str:
+    if text is None:
+        return default
+    interface = parse_interface(text)
+    if ipv6_only and ":" not in interface and _is_ip(interface):
+        raise ValueError(f"interface: tcp6 listens on IPv6 only, got {text!r}")
+    return interface
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _tcp(arguments: _Arguments, ipv6_only: bool = False) -> TCPEndpoint:
+    port = _number(arguments.take("port", required=True), "port", 0, 65535)
+    interface = _interface(arguments.keyword("interface"), "::1" if ipv6_only else "127.0.0.1",
+                           ipv6_only)
+    backlog = _number(arguments.keyword("backlog"), "backlog", 1, MAX_BACKLOG)
+    assert port is not None
+    return TCPEndpoint(port, interface, backlog, ipv6_only)
+
+
+def _tcp4(arguments: _Arguments) -> TCPEndpoint:
+    endpoint = _tcp(arguments)
+    arguments.done()
+    return endpoint
+
+
+def _tcp6(arguments: _Arguments) -> TCPEndpoint:
+    endpoint = _tcp(arguments, ipv6_only=True)
+    arguments.done()
+    return endpoint
+
+
+def _unix(arguments: _Arguments) -> UnixEndpoint:
+    path = arguments.path("address", required=True)
+    assert path is not None
+    if len(os.fsencode(str(path))) > MAX_SOCKET_PATH_BYTES:
+        raise ValueError(f"a Unix socket path is at most {MAX_SOCKET_PATH_BYTES} bytes, "
+                         f"and {str(path)!r} is longer")
+    mode_text = arguments.keyword("mode")
+    mode = DEFAULT_UNIX_MODE
+    if mode_text is not None:
+        digits = mode_text.removeprefix("0o")
+        if not digits or len(digits) > 4 or not set(digits) <= set("01234567") \
+                or int(digits, 8) > 0o777:
+            raise ValueError(f"mode: expected an octal mode from 000 to 777, got {mode_text!r}")
+        mode = int(digits, 8)
+    backlog = _number(arguments.keyword("backlog"), "backlog", 1, MAX_BACKLOG)
+    arguments.done()
+    return UnixEndpoint(path, mode, backlog)
+
+
+def _ssl(arguments: _Arguments) -> TLSEndpoint:
+    tcp = _tcp(arguments)
+    private_key = arguments.path("privateKey")
+    if private_key is None:
+        raise ValueError("ssl: needs privateKey=FILE")
+    cert_key = arguments.path("certKey")
+    chain = arguments.path("extraCertChain")
+    arguments.done()
+    return TLSEndpoint(tcp, private_key, cert_key, chain)
+
+
+def _systemd(arguments: _Arguments) -> SystemdEndpoint:
+    index = _number(arguments.keyword("index"), "index", 0, activation.MAX_FDS - 1)
+    name = arguments.keyword("name")
+    domain = arguments.keyword("domain")
+    arguments.done()
+    if (index is None) == (name is None):
+        raise ValueError("systemd: needs either index=N or name=NAME")
+    if name is not None and not 0 < len(name) <= 255:
+        raise ValueError("name: expected 1 to 255 characters")
+    if domain is not None and domain not in DOMAINS:
+        raise ValueError(f"domain: expected one of {', '.join(DOMAINS)}, got {domain!r}")
+    return SystemdEndpoint(index, name, domain)
+
+
+PREFIXES: dict[str, Callable[[_Arguments], Endpoint]] = {
+    "tcp": _tcp4, "tcp6": _tcp6, "unix": _unix, "ssl": _ssl, "systemd": _systemd,
+}
+
+
+def check_distinct(endpoints: list[Endpoint]) -> None:
+    """Refuse two endpoints on one address, naming both."""
+    seen: dict[object, Endpoint] = {}
+    for endpoint in endpoints:
+        key = endpoint.address_key()
+        if key in seen:
+            raise DescriptionError(f"listeners {seen[key].description!r} and "
+                                   f"{endpoint.description!r} are on the same address")
+        seen[key] = endpoint

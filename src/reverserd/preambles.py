@@ -1,0 +1,233 @@
+"""What a connection gets through before its first line: a PROXY header, a TLS handshake.
+
+Both happen once per connection, in a short task of their own, with a
+deadline; the line handler takes the connection only once they are done,
+so its per-line path knows nothing of them. Until then the handler holds
+the bare transport, which is all ``request_stop``, ``abort`` and the
+connection policy's sweep need of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from collections.abc import Sequence
+from typing import cast
+
+from reverserd.addresses import format_sockaddr
+from reverserd.endpoints import TLS_HANDSHAKE_TIMEOUT
+from reverserd.protocol import LineHandler
+from reverserd.proxy_header import MAX_HEADER_BYTES, ProxyHeader, ProxyHeaderError, parse
+
+log = logging.getLogger(__name__)
+
+HEADER_TIMEOUT = 5.0
+EARLY_BYTES = 64 * 1024  # read ahead of the handler (a TLS client's hello); then paused
+Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+class PreambleFailed(Exception):
+    """The connection is closed: the message says why, for one log line."""
+
+
+def may_send_header(peer: object, networks: Networks) -> bool:
+    """Whether ``peer`` (a ``getpeername`` result) is a balancer we trust."""
+    if not isinstance(peer, tuple) or not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(str(peer[0]).partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+class Opening(asyncio.Protocol):
+    """The connection's protocol from its accept until the handler takes it.
+
+    It is in place before the first byte can be read (uvloop starts
+    reading an accepted connection whatever the callback asks), reads the
+    PROXY header if one is due, and keeps what follows for whoever comes
+    next: the TLS layer or the handler.
+    """
+
+    def __init__(self, transport: asyncio.Transport, proxied: bool) -> None:
+        self.transport = transport
+        self.received = b""
+        self.ended = False
+        self.lost = False
+        self.header: asyncio.Future[ProxyHeader | None] = \
+            asyncio.get_running_loop().create_future()
+        if not proxied:
+            self.header.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if not self.header.done():
+            try:
+                header = parse(self.received[:MAX_HEADER_BYTES])
+            except ProxyHeaderError as error:
+                self.header.set_exception(PreambleFailed(f"bad PROXY header: {error}"))
+                return
+            if header is None:
+                return
+            self.received = self.received[header.length:]
+            self.header.set_result(header)
+        if len(self.received) >= EARLY_BYTES:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._fail("closed before sending its PROXY header")
+        return True  # closed by whoever awaits the header
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = self.lost = True
+        self._fail("lost before its PROXY header")
+
+    def _fail(self, reason: str) -> None:
+        if not self.header.done():
+            self.header.set_exception(PreambleFailed(reason))
+
+    def take(self) -> bytes:
+        received, self.received = self.received, b""
+        return received
+
+
+class _Holding(asyncio.Protocol):
+    """Stands in for the handler during the handshake.
+
+    The TLS layer reads the client's first bytes as soon as the handshake
+    is over, before the task awaiting it runs: they wait here until the
+    handler has its transport.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.ended = False
+        self.lost: tuple[Exception | None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        return True  # the handler decides, once it has the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = (exc,)
+
+    def hand_to(self, handler: LineHandler, transport: asyncio.Transport) -> None:
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        for data in self.received:
+            handler.data_received(data)
+        if self.ended:
+            handler.eof_received()
+            transport.close()
+        if self.lost is not None:
+            handler.connection_lost(self.lost[0])
+
+
+async def start_tls(transport: asyncio.Transport, context: ssl.SSLContext,
+                    opening: Opening) -> tuple[asyncio.Transport, _Holding]:
+    """The TLS transport, once the handshake is over, and what came meanwhile.
+
+    What ``opening`` read (after a PROXY header) is the start of the
+    handshake: it goes to the TLS layer before the socket is read again.
+    """
+    loop = asyncio.get_running_loop()
+    holding = _Holding()
+    handshake = loop.create_task(loop.start_tls(
+        transport, holding, context, server_side=True,
+        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT))
+    # start_tls puts its TLS layer in place on its first step and has it
+    # read from the turn after; uvloop's leaves a paused transport paused.
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    received = opening.take()
+    if received and not handshake.done():
+        _feed(transport.get_protocol(), received)
+    if not transport.is_closing():
+        transport.resume_reading()
+    try:
+        tls_transport = await handshake
+    except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+        raise PreambleFailed(f"TLS handshake failed: {_reason(error)}") from None
+    if tls_transport is None:  # closed under it (a stop, a limit)
+        raise PreambleFailed("TLS handshake failed: the connection was closed")
+    return tls_transport, holding
+
+
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    """Give ``data`` to a protocol as if read from its transport."""
+    if isinstance(protocol, asyncio.Protocol):
+        protocol.data_received(data)
+        return
+    buffered = cast(asyncio.BufferedProtocol, protocol)  # asyncio's and uvloop's TLS layers
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(buffered.get_buffer(len(view)))
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        buffered.buffer_updated(size)
+        view = view[size:]
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return error.reason.lower().replace("_", " ")
+    return str(error) or type(error).__name__
+
+
+async def open_connection(handler: LineHandler, transport: asyncio.Transport,
+                          opening: Opening, context: ssl.SSLContext | None) -> bool:
+    """Take ``transport`` through its preamble and hand it to ``handler``.
+
+    ``False`` when the connection failed on the way; it is closed then,
+    with one log line (debug level for a failed handshake, which every
+    port scanner causes), and the handler told its connection is lost.
+    """
+    address = transport.get_extra_info("peername")
+    peer = format_sockaddr(address)
+    if context is not None:
+        handler.client = address  # a TLS transport forgets it once closed
+    try:
+        header = await asyncio.wait_for(opening.header, HEADER_TIMEOUT)
+        if opening.lost:
+            raise PreambleFailed("lost before it was served")
+        if header is not None and header.source is not None:
+            handler.client = header.source
+        if context is not None:
+            if opening.ended:
+                raise PreambleFailed("TLS handshake failed: the client closed the connection")
+            tls_transport, holding = await start_tls(transport, context, opening)
+    except TimeoutError:
+        return _failed(handler, transport, peer, f"no PROXY header within {HEADER_TIMEOUT:g} s")
+    except PreambleFailed as error:
+        return _failed(handler, transport, peer, str(error))
+    if context is not None:
+        holding.hand_to(handler, tls_transport)
+        return True
+    transport.set_protocol(handler)
+    handler.connection_made(transport)
+    received = opening.take()
+    if received:
+        handler.data_received(received)
+    if opening.ended:
+        handler.eof_received()
+        transport.close()
+    else:
+        transport.resume_reading()
+    return True
+
+
+def _failed(handler: LineHandler, transport: asyncio.Transport, peer: str, why: str) -> bool:
+    level = logging.DEBUG if why.startswith("TLS") else logging.INFO
+    log.log(level, "closing connection from %s: %s", peer, why)
+    transport.abort()
+    handler.connection_lost(None)
+    return False

@@ -1,0 +1,276 @@
+"""``--listen ssl:...``: TLS 1.2+ with a certificate made at test time, reached
+with ``openssl s_client`` and Python's ssl module; bad clients cost others nothing."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import pwd
+import re
+import select
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
+
+import pytest
+
+from tests.e2e.certificates import Certificate, make_certificate, openssl
+from tests.e2e.support import (
+    DEADLINE,
+    REVERSERD,
+    ReverserdProcess,
+    receive_exactly,
+    receive_until_closed,
+    wait_until,
+)
+
+TLS_LISTENING = r"listening on tls 127\.0\.0\.1:(\d+)$"
+HANDSHAKE = re.compile(r"(?i)handshake")
+
+REQUEST = "hello\r\nhéllo wörld\nplain\nquit\n".encode()
+ANSWER = "olleh\r\ndlröw olléh\nnialp\n".encode()
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as in CI")
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """One throwaway key and certificate for the tests of this module."""
+    return make_certificate(tmp_path_factory.mktemp("tls"))
+
+
+def ssl_description(key: pathlib.Path, cert: pathlib.Path | None = None) -> str:
+    return f"ssl:0:privateKey={key}" + (f":certKey={cert}" if cert else "")
+
+
+def start_tls(reverserd: Callable[..., ReverserdProcess], description: str,
+              *more: str) -> tuple[ReverserdProcess, int]:
+    """A foreground server on one TLS listener, debug logging on; its port."""
+    process = reverserd("--foreground", "--listen", description, "--log-level", "debug", *more)
+    return process, int(process.wait_for_log(TLS_LISTENING).group(1))
+
+
+@pytest.fixture
+def tls(reverserd: Callable[..., ReverserdProcess],
+        certificate: Certificate) -> tuple[ReverserdProcess, int]:
+    return start_tls(reverserd, ssl_description(certificate.key, certificate.cert))
+
+
+def client_context(certificate: Certificate,
+                   version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    """A client that trusts only the test certificate, pinned to ``version`` if given."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(certificate.cert)
+    if version is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1 is, on purpose
+            context.minimum_version = version
+            context.maximum_version = version
+    return context
+
+
+def tls_connect(port: int, context: ssl.SSLContext,
+                timeout: float = DEADLINE) -> ssl.SSLSocket:
+    """A TLS connection to 127.0.0.1:``port``, handshake done, certificate checked."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        return context.wrap_socket(raw, server_hostname="localhost")
+    except BaseException:
+        raw.close()
+        raise
+
+
+def exchange(sock: ssl.SSLSocket, payload: bytes, size: int) -> bytes:
+    """Send ``payload`` while reading the answers, until ``size`` bytes came back:
+    one thread, non-blocking, so neither side's buffers can deadlock the test."""
+    sock.setblocking(False)
+    view = memoryview(payload)
+    sent, received = 0, bytearray()
+    deadline = time.monotonic() + 60
+    try:
+        while len(received) < size:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out with {sent} bytes sent, "
+                                     f"{len(received)} of {size} received")
+            writing = [sock] if sent < len(payload) else []
+            readable, writable, _ = select.select([sock], writing, [], 0.5)
+            if writable:
+                try:
+                    sent += sock.send(view[sent:sent + 65536])
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    pass  # try again when select says so
+            if readable or sock.pending():
+                try:
+                    while len(received) < size:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            raise AssertionError(f"closed after {len(received)} of {size}")
+                        received += chunk
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass  # everything that had arrived is read
+    finally:
+        sock.setblocking(True)
+        sock.settimeout(DEADLINE)
+    return bytes(received)
+
+
+def handshake_lines(process: ReverserdProcess) -> list[str]:
+    return [line for line in process.log if HANDSHAKE.search(line)]
+
+
+def stop(process: ReverserdProcess) -> None:
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert "Traceback" not in "\n".join(process.log)
+    assert process.stderr() == ""
+
+
+def test_key_and_certificate_files_log_tls_and_answer_s_client(tls) -> None:
+    process, port = tls
+    process.wait_for_log(rf" INFO reverserd\.\w+: listening on tls 127\.0\.0\.1:{port}$")
+    result = subprocess.run([openssl(), "s_client", "-quiet", "-connect", f"127.0.0.1:{port}"],
+                            input=REQUEST, capture_output=True, timeout=DEADLINE, check=False)
+    assert result.stdout == ANSWER, result
+
+
+def test_a_combined_pem_alone(reverserd, certificate: Certificate) -> None:
+    _, port = start_tls(reverserd, ssl_description(certificate.combined))
+    with tls_connect(port, client_context(certificate)) as sock:
+        sock.sendall(REQUEST)
+        assert receive_until_closed(sock) == ANSWER
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],
+                         ids=["TLSv1.2", "TLSv1.3"])
+def test_tls_1_2_and_1_3_are_served(tls, certificate: Certificate,
+                                    version: ssl.TLSVersion) -> None:
+    _, port = tls
+    with tls_connect(port, client_context(certificate, version)) as sock:
+        assert sock.version() == version.name.replace("_", ".")
+        sock.sendall(REQUEST)
+        assert receive_until_closed(sock) == ANSWER
+
+
+def test_tls_1_1_is_refused(tls, certificate: Certificate) -> None:
+    process, port = tls
+    context = client_context(certificate, ssl.TLSVersion.TLSv1_1)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this OpenSSL offer TLS 1.1 at all
+    try:
+        with tls_connect(port, context) as sock:
+            pytest.fail(f"the server accepted {sock.version()}")
+    except ssl.SSLError as error:
+        if error.reason == "NO_PROTOCOLS_AVAILABLE":
+            pytest.skip("this OpenSSL will not offer TLS 1.1, so the server cannot be asked")
+    except ConnectionError:
+        pass  # closed without an alert: refused just the same
+    with tls_connect(port, client_context(certificate)) as sock:
+        sock.sendall(b"still\nquit\n")
+        assert receive_until_closed(sock) == b"llits\n"
+    assert "Traceback" not in "\n".join(process.log)
+
+
+def test_plain_text_is_closed_with_one_debug_line_and_others_are_served(
+        tls, certificate: Certificate) -> None:
+    process, port = tls
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as plain:
+        plain.sendall(b"GET / HTTP/1.0\r\nthis is not TLS\r\n\r\n")
+        receive_until_closed(plain)  # an alert at most, then the close
+    process.wait_for_log(HANDSHAKE.pattern)
+    failed = handshake_lines(process)
+    assert len(failed) == 1, failed
+    assert " DEBUG " in failed[0], failed
+    with tls_connect(port, client_context(certificate)) as sock:
+        sock.sendall(REQUEST)
+        assert receive_until_closed(sock) == ANSWER
+    stop(process)
+    assert not [line for line in process.log if " WARNING " in line or " ERROR " in line]
+    assert [line for line in handshake_lines(process) if " DEBUG " not in line] == []
+
+
+def test_a_silent_client_does_not_block_another(tls, certificate: Certificate) -> None:
+    _, port = tls
+    # the second one is served well inside the 10 s handshake timeout the first one has
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE), \
+            tls_connect(port, client_context(certificate), timeout=3.0) as sock:
+        sock.sendall(b"second\nquit\n")
+        assert receive_until_closed(sock) == b"dnoces\n"
+
+
+def test_quit_over_tls_closes(tls, certificate: Certificate) -> None:
+    _, port = tls
+    with tls_connect(port, client_context(certificate)) as sock:
+        sock.sendall(b"abc\nquit\nnever answered\n")
+        assert receive_until_closed(sock) == b"cba\n"
+
+
+def test_a_long_pipelined_burst_is_answered_in_order(tls, certificate: Certificate) -> None:
+    process, port = tls
+    lines = [f"burst line {number:05d} héllo".encode() for number in range(20_000)]
+    payload = b"".join(line + b"\n" for line in lines)
+    expected = b"".join(line.decode()[::-1].encode() + b"\n" for line in lines)
+    with tls_connect(port, client_context(certificate)) as sock:
+        assert exchange(sock, payload, len(expected)) == expected
+        sock.sendall(b"quit\n")
+        assert receive_until_closed(sock) == b""
+    stop(process)
+
+
+def test_a_graceful_stop_answers_what_a_tls_client_sent(tls,
+                                                        certificate: Certificate) -> None:
+    process, port = tls
+    lines = [f"pending line {number}".encode() for number in range(2000)]
+    expected = b"".join(line[::-1] + b"\n" for line in lines)
+    with tls_connect(port, client_context(certificate)) as sock:
+        sock.sendall(b"warm up\n")
+        assert receive_exactly(sock, 8) == b"pu mraw\n"
+        sock.sendall(b"".join(line + b"\n" for line in lines))
+        process.signal(signal.SIGTERM)
+        assert receive_until_closed(sock) == expected
+    assert process.wait() == 0
+    assert process.log[-1].endswith("stopped")
+
+
+def test_a_missing_key_file_is_one_line_exit_1_and_leaves_nothing(
+        tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "first.sock"
+    absent = tmp_path / "absent-key.pem"
+    result = subprocess.run(
+        [REVERSERD, "--foreground", "--listen", f"unix:{path}",
+         "--listen", ssl_description(absent)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=DEADLINE,
+        stdin=subprocess.DEVNULL, check=False,
+    )
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("reverserd: ") and result.stderr.count("\n") == 1, result
+    assert "Traceback" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == [], "no socket file is left behind"
+
+
+@needs_root
+def test_a_key_only_root_may_read_with_user_nobody(reverserd, certificate: Certificate,
+                                                   tmp_path: pathlib.Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    key = tmp_path / "root-only-key.pem"
+    shutil.copyfile(certificate.key, key)
+    os.chown(key, 0, 0)
+    key.chmod(0o600)
+    process, port = start_tls(reverserd, ssl_description(key, certificate.cert),
+                              "--user", "nobody")
+
+    def uid() -> list[int]:
+        for line in pathlib.Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return [int(number) for number in line.split()[1:]]
+        raise AssertionError("no Uid line")
+
+    wait_until(lambda: uid() == [nobody.pw_uid] * 4, "the server to run as nobody")
+    for _ in range(2):  # the key is not read again per connection
+        with tls_connect(port, client_context(certificate)) as sock:
+            sock.sendall(REQUEST)
+            assert receive_until_closed(sock) == ANSWER
+    stop(process)
