@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import ipaddress
+import logging
 import os
 import pathlib
 import socket
@@ -30,6 +30,8 @@ from reverserd import activation
 from reverserd.addresses import format_address, format_sockaddr
 from reverserd.config import parse_interface
 from reverserd.errors import UserError, os_reason
+
+log = logging.getLogger(__name__)
 
 MAX_DESCRIPTION = 8192
 MAX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes, the closing NUL included
@@ -267,8 +269,8 @@ class UnixEndpoint(Endpoint):
             except FileNotFoundError:
                 pass
             except OSError as error:
-                if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                    raise
+                log.warning("cannot remove the socket file %s: %s (the next start replaces "
+                            "it)", self.path, os_reason(error))
             finally:
                 os.close(directory)
 

@@ -93,6 +93,8 @@ class ListeningService(Service):
         self._listened_port: int | None = None  # what port 0 turned into, kept after stop
         self.reuse_port = False
         self._queue_length = backlog  # what listen() is given again after start_server's
+        self._tls: ssl.SSLContext | None = None  # read when bound
+        self._opens_first = False  # a PROXY header or a TLS handshake before the lines
         self._forget_handler = self._forget  # one bound method shared by every handler
 
     @property
@@ -220,6 +222,8 @@ class ListeningService(Service):
         if self.policy is None:
             self.policy = ConnectionPolicy()
         self.handler_class.prepare()
+        self._tls = self.endpoint.tls_context()
+        self._opens_first = self.endpoint.proxied or self._tls is not None
         self._accepting = True
         await self._accept_on_duplicate(self._accept_generation)
         self.policy.attach(self)
@@ -380,20 +384,13 @@ class ListeningService(Service):
         if not self.policy.admit(handler, self._loop.time(), self):
             transport.close()
             if opening is not None:
+                opening.abandon()
                 handler.connection_lost(None)
             return
         if opening is not None:
             self._open(handler, transport, opening)
         if self._all_closed is not None:
             handler.request_stop()
-
-    @property
-    def _opens_first(self) -> bool:
-        return self.endpoint.proxied or self._tls is not None
-
-    @property
-    def _tls(self) -> ssl.SSLContext | None:
-        return self.endpoint.tls_context()
 
     def _open(self, handler: LineHandler, transport: asyncio.Transport,
               opening: preambles.Opening) -> None:
@@ -408,6 +405,7 @@ class ListeningService(Service):
             if not preambles.may_send_header(peer, self.policy.limits.proxy_from):
                 log.info("closing connection from %s: not an address --proxy-from allows to "
                          "send a PROXY header", handler.peer)
+                opening.abandon()
                 transport.abort()
                 handler.connection_lost(None)
                 return

@@ -92,6 +92,10 @@ class Opening(asyncio.Protocol):
         if not self.header.done():
             self.header.set_exception(PreambleFailed(reason))
 
+    def abandon(self) -> None:
+        """The connection is closed before its preamble began: nobody awaits the header."""
+        self.header.cancel()
+
     def take(self) -> bytes:
         received, self.received = self.received, b""
         return received

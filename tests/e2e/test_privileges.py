@@ -279,3 +279,35 @@ def test_a_real_unprivileged_user_cannot_become_another(
                                    stdin=subprocess.DEVNULL, check=False)
     assert (untraversable.returncode, untraversable.stderr) == (
         1, f"reverserd: cannot use run directory {private / 'x'}: permission denied\n")
+
+
+@needs_root
+def test_a_unix_socket_belongs_to_the_account_and_is_removed_by_it(
+        reverserd, tmp_path: pathlib.Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chown(run, NOBODY.pw_uid, NOBODY.pw_gid)  # as /run/reverserd would be
+    path = run / "r.sock"
+    process = reverserd("-n", "--listen", f"unix:{path}", "-u", "nobody")
+    process.wait_for_log(rf"listening on unix:{path}$")
+    status = path.stat()
+    assert (status.st_uid, status.st_gid, status.st_mode & 0o777) == (
+        NOBODY.pw_uid, NOBODY.pw_gid, 0o660)
+    assert ids_of(process.pid) == nobody_ids()
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert not path.exists()
+
+
+@needs_root
+def test_a_socket_file_the_account_cannot_remove_is_named_and_replaced_next_time(
+        reverserd, tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "r.sock"  # in a directory only root may write
+    for attempt in range(2):
+        process = reverserd("-n", "--listen", f"unix:{path}", "-u", "nobody")
+        process.wait_for_log(rf"listening on unix:{path}$")
+        process.signal(signal.SIGTERM)
+        assert process.wait() == 0, attempt
+        process.wait_for_log(rf"WARNING .*cannot remove the socket file {path}: permission "
+                             "denied")
+        assert path.exists()
