@@ -348,7 +348,8 @@ class ListeningService(Service):
             self._socket = None
 
     def _adopt(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Move a connection ``start_server`` accepted from its streams to a handler.
+        """Move a connection ``start_server`` accepted from its streams to a handler
+        (through its preamble first: a PROXY header, a TLS handshake).
 
         ``start_server`` gives every connection a reader, a writer and, for a
         coroutine callback, a task and a stack of coroutine frames that live
@@ -415,14 +416,10 @@ class ListeningService(Service):
 
     async def _opened(self, handler: LineHandler, transport: asyncio.Transport,
                       opening: preambles.Opening) -> bool:
-        if not await preambles.open_connection(handler, transport, opening, self._tls):
-            return False
         assert self.policy is not None
-        if self.endpoint.proxied and not self.policy.admit_peer(handler):
-            assert handler.transport is not None
-            handler.transport.close()
-            return False
-        return True
+        admit_client = self.policy.admit_peer if self.endpoint.proxied else None
+        return await preambles.open_connection(handler, transport, opening, self._tls,
+                                               admit_client)
 
     def _forget(self, handler: LineHandler) -> None:
         if self._connections.pop(handler, None) is None:

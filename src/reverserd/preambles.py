@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 from reverserd.addresses import format_sockaddr
@@ -188,12 +188,15 @@ def _reason(error: BaseException) -> str:
 
 
 async def open_connection(handler: LineHandler, transport: asyncio.Transport,
-                          opening: Opening, context: ssl.SSLContext | None) -> bool:
+                          opening: Opening, context: ssl.SSLContext | None,
+                          admit_client: Callable[[LineHandler], bool] | None = None) -> bool:
     """Take ``transport`` through its preamble and hand it to ``handler``.
 
     ``False`` when the connection failed on the way; it is closed then,
     with one log line (debug level for a failed handshake, which every
     port scanner causes), and the handler told its connection is lost.
+    ``admit_client`` (the per-peer limit) is asked once a PROXY header
+    has named the client, before anything of the client's is served.
     """
     address = transport.get_extra_info("peername")
     peer = format_sockaddr(address)
@@ -205,6 +208,10 @@ async def open_connection(handler: LineHandler, transport: asyncio.Transport,
             raise PreambleFailed("lost before it was served")
         if header is not None and header.source is not None:
             handler.client = header.source
+        if admit_client is not None and not admit_client(handler):
+            transport.close()
+            handler.connection_lost(None)
+            return False
         if context is not None:
             if opening.ended:
                 raise PreambleFailed("TLS handshake failed: the client closed the connection")

@@ -284,3 +284,21 @@ def test_a_plain_listener_beside_a_proxied_one_needs_no_header(reverserd) -> Non
     process.wait_for_log(f"connection from {about('192.0.2.7:5555')}")
     assert_clean_log(process)
 
+
+
+def test_the_per_peer_limit_counts_the_client_the_header_names(reverserd) -> None:
+    process = proxied(reverserd, "--max-connections-per-peer", "1")
+    port = proxied_port(process)
+    with connect(port) as first:
+        first.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 2323\r\nfirst\n")
+        assert receive_exactly(first, 6) == b"tsrif\n"
+        with connect(port) as same_client:  # a second connection of that client: over its share
+            same_client.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 5556 2323\r\nsecond\n")
+            assert closed_with_nothing_back(same_client) == b""
+        # Another client behind the same balancer has a share of its own.
+        assert exchange_through_header(port, b"PROXY TCP4 192.0.2.8 127.0.0.1 5557 2323\r\n") \
+            == b"devres llits\n"
+        first.sendall(b"quit\n")
+        assert receive_until_closed(first) == b""
+    process.wait_for_log(r"closing connection from 192\.0\.2\.7:5556: it has 1 connections")
+    assert_clean_log(process)
