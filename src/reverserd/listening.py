@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import socket
 import ssl
@@ -382,20 +383,23 @@ class ListeningService(Service):
         if opening is None:
             handler.connection_made(transport)
         assert self.policy is not None and self._loop is not None
-        if not self.policy.admit(handler, self._loop.time(), self):
+        on_turn = None if opening is None else functools.partial(
+            self._open, handler, transport, opening)
+        if not self.policy.admit(handler, self._loop.time(), self, on_turn):
             transport.close()
             if opening is not None:
                 opening.abandon()
                 handler.connection_lost(None)
             return
-        if opening is not None:
-            self._open(handler, transport, opening)
+        if on_turn is not None and not self.policy.waiting(handler):
+            on_turn()
         if self._all_closed is not None:
             handler.request_stop()
 
     def _open(self, handler: LineHandler, transport: asyncio.Transport,
               opening: preambles.Opening) -> None:
-        """Start the PROXY header's read or the TLS handshake, in a task of its own.
+        """Start the PROXY header's read or the TLS handshake, in a task of its own:
+        at once, or once a connection accepted over the cap has its turn.
 
         A balancer's header is taken only from the addresses ``--proxy-from``
         allows; anyone else is closed at once.

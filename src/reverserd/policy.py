@@ -38,6 +38,7 @@ import ipaddress
 import logging
 import os
 import resource
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from reverserd.limits import (
@@ -176,7 +177,8 @@ class ConnectionPolicy:
         self.pauses = 0
         self.accept_failures = AcceptFailures()
         self._per_peer: dict[str, int] = {}
-        self._waiting: dict[LineHandler, None] = {}  # accepted over the cap, oldest first
+        # Accepted over the cap, oldest first, and what starts each once its turn comes.
+        self._waiting: dict[LineHandler, Callable[[], None]] = {}
         self._listeners: list[ListeningService] = []
         self.at_cap = False
         self.starved = False  # out of descriptors (or memory): paused until a probe finds room
@@ -196,8 +198,14 @@ class ConnectionPolicy:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def admit(self, handler: LineHandler, now: float, listener: ListeningService) -> bool:
-        """Count a new connection; ``False`` when its peer has too many already."""
+    def admit(self, handler: LineHandler, now: float, listener: ListeningService,
+              on_turn: Callable[[], None] | None = None) -> bool:
+        """Count a new connection; ``False`` when its peer has too many already.
+
+        Over the cap, it waits: ``on_turn`` (by default, reading again) is
+        called once a connection closes and its turn has come; ``waiting``
+        tells the caller.
+        """
         transport = handler.transport
         assert transport is not None, "admitted once connected"
         self.open += 1
@@ -210,8 +218,11 @@ class ConnectionPolicy:
                         f"below the open-file limit of {self.fd_ceiling + FD_HEADROOM}", now)
         if self.open > self.max_connections:
             transport.pause_reading()  # it waits its turn, as it would have in the queue
-            self._waiting[handler] = None
+            self._waiting[handler] = on_turn or transport.resume_reading
         return listener.endpoint.proxied or self.admit_peer(handler)
+
+    def waiting(self, handler: LineHandler) -> bool:
+        return handler in self._waiting
 
     def admit_peer(self, handler: LineHandler) -> bool:
         """Count a connection against its client's share; ``False`` when over it.
@@ -240,9 +251,9 @@ class ConnectionPolicy:
         self._waiting.pop(handler, None)
         while self._waiting and self.open - len(self._waiting) < self.max_connections:
             waiting = next(iter(self._waiting))
-            del self._waiting[waiting]
+            on_turn = self._waiting.pop(waiting)
             if waiting.transport is not None:
-                waiting.transport.resume_reading()
+                on_turn()
         key = handler.peer_key
         if key is not None:
             left = self._per_peer[key] - 1

@@ -198,6 +198,7 @@ async def open_connection(handler: LineHandler, transport: asyncio.Transport,
     ``admit_client`` (the per-peer limit) is asked once a PROXY header
     has named the client, before anything of the client's is served.
     """
+    transport.resume_reading()  # paused if it waited for its turn under the cap
     address = transport.get_extra_info("peername")
     peer = format_sockaddr(address)
     if context is not None:

@@ -13,6 +13,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -274,3 +275,56 @@ def test_a_key_only_root_may_read_with_user_nobody(reverserd, certificate: Certi
             sock.sendall(REQUEST)
             assert receive_until_closed(sock) == ANSWER
     stop(process)
+
+
+class CappedClient(threading.Thread):
+    """A TLS client that sends one line, counts its answer, and stays until told to go."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, number: int,
+                 answered: threading.Semaphore) -> None:
+        super().__init__(daemon=True)
+        self.port, self.context, self.number, self.answered = port, context, number, answered
+        self.reply = b""
+        self.go = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with tls_connect(self.port, self.context, timeout=DEADLINE) as sock:
+                sock.sendall(b"%d\n" % self.number)
+                self.reply = sock.recv(100)
+                self.answered.release()
+                self.go.wait(DEADLINE)
+        except OSError:  # still waiting for its turn when the server stopped
+            pass
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_handshakes_over_the_cap_wait_for_their_turn(reverserd, certificate: Certificate,
+                                                      loop: str) -> None:
+    """Accepting resumes in batches, so some connections are accepted over the cap: their
+    handshake waits for their turn, as a plain connection's first line does."""
+    process, port = start_tls(reverserd, ssl_description(certificate.key, certificate.cert),
+                              "--loop", loop, "--max-connections", "5")
+    answered = threading.Semaphore(0)
+    clients = [CappedClient(port, client_context(certificate), number, answered)
+               for number in range(30)]
+    for client in clients:
+        client.start()
+
+    def served(count: int) -> list[CappedClient]:
+        for _ in range(count):
+            assert answered.acquire(timeout=DEADLINE), "a client waited too long for a turn"
+        assert not answered.acquire(timeout=0.5), "more served at once than the cap of 5"
+        return [client for client in clients if client.reply and not client.go.is_set()]
+
+    assert len(served(5)) == 5
+    for _ in range(3):  # each one that leaves lets exactly one more in
+        leaving = next(client for client in clients if client.reply and not client.go.is_set())
+        leaving.go.set()
+        assert len(served(1)) == 5
+    for client in clients:
+        assert client.reply in (b"", str(client.number)[::-1].encode() + b"\n")
+        client.go.set()
+    process.end()
+    for client in clients:
+        client.join(DEADLINE)
