@@ -14,7 +14,6 @@ import pytest
 
 from tests.e2e.haproxy import HAProxy
 from tests.e2e.support import (
-    DEADLINE,
     ReverserdProcess,
     connect,
     receive_exactly,
