@@ -12,7 +12,16 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TypeVar
 
-from reverserd import __version__, activation, config, config_file, control, endpoints, loops
+from reverserd import (
+    __version__,
+    activation,
+    config,
+    config_file,
+    control,
+    descriptions,
+    endpoints,
+    loops,
+)
 from reverserd.errors import UsageError, UserError, os_reason
 from reverserd.logs import LEVELS
 
@@ -74,7 +83,7 @@ class _Listeners(argparse.Action):
     @staticmethod
     def parse_item(text: str, base: pathlib.Path | None = None) -> endpoints.Endpoint:
         """One description; a relative path in it is taken from ``base``."""
-        return endpoints.parse(text, base)
+        return descriptions.parse(text, base)
 
 
 def _add_number(group: argparse._ArgumentGroup, *names: str,
@@ -410,8 +419,8 @@ def _listeners(verb: str, options: argparse.Namespace) -> tuple[endpoints.Endpoi
             listen = tuple(endpoints.SystemdEndpoint(index=passed.index)
                            for passed in inherited)
     try:
-        endpoints.check_distinct(list(listen))
-    except endpoints.DescriptionError as error:
+        descriptions.check_distinct(list(listen))
+    except descriptions.DescriptionError as error:
         raise UsageError(str(error)) from None
     return listen
 

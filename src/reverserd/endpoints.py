@@ -1,11 +1,11 @@
-"""Where a service listens, written as Twisted writes endpoint descriptions.
+"""Where a service listens: one ``Endpoint`` kind per description prefix.
 
-A description is ``prefix:positional:key=value:...``; a backslash makes the
-next character plain (``tcp6:2323:interface=\\:\\:1``). Each prefix parses
-into an ``Endpoint``, which binds its socket while the process is still
-privileged (or adopts one a supervisor bound), says how it is shown in the
-log, and says what an accepted connection must get through before its
-lines are served: a TLS handshake, a PROXY header.
+An endpoint binds its socket while the process is still privileged (or
+adopts one a supervisor bound), says how it is shown in the log, how
+worker processes share it and what it leaves on disk, and what an
+accepted connection must get through before its lines are served: a TLS
+handshake, a PROXY header. ``descriptions`` makes them from text, and
+each writes its own description back (saved state, messages).
 
 Unlike Twisted, TCP listens on loopback unless told otherwise: every
 interface has to be asked for (``interface=0.0.0.0``).
@@ -24,16 +24,13 @@ import ssl
 import stat
 import struct
 import tempfile
-from collections.abc import Callable
 
 from reverserd import activation
 from reverserd.addresses import format_address, format_sockaddr
-from reverserd.config import parse_interface
 from reverserd.errors import UserError, os_reason
 
 log = logging.getLogger(__name__)
 
-MAX_DESCRIPTION = 8192
 MAX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes, the closing NUL included
 MAX_BACKLOG = 65535
 DEFAULT_UNIX_MODE = 0o660
@@ -43,45 +40,6 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 TCP_INFO_BYTES = 32
 LISTEN_BACKLOG_OFFSET = 28
 PLAIN = frozenset(":=\\")
-
-
-class DescriptionError(ValueError):
-    """A description that names no endpoint; the message quotes it."""
-
-
-def split(text: str) -> tuple[str, list[str], dict[str, str]]:
-    """The prefix, the positional arguments and the ``key=value`` ones.
-
-    An unescaped ``=`` makes an argument a keyword one; backslashes are
-    taken away, so what remains is each argument's own text.
-    """
-    fields: list[list[tuple[str, bool]]] = [[]]
-    characters = iter(text)
-    for character in characters:
-        if character == "\\":
-            following = next(characters, None)
-            if following is None:
-                raise ValueError("it ends with a lone backslash")
-            fields[-1].append((following, True))
-        elif character == ":":
-            fields.append([])
-        else:
-            fields[-1].append((character, False))
-    prefix, *arguments = ("".join(c for c, _ in field) for field in fields)
-    positional: list[str] = []
-    keywords: dict[str, str] = {}
-    for field, argument in zip(fields[1:], arguments):
-        at = next((i for i, (c, escaped) in enumerate(field) if c == "=" and not escaped), None)
-        if at is None:
-            if keywords:
-                raise ValueError(f"{argument!r} comes after a key=value argument")
-            positional.append(argument)
-            continue
-        key, value = argument[:at], argument[at + 1:]
-        if key in keywords:
-            raise ValueError(f"key {key!r} is given twice")
-        keywords[key] = value
-    return prefix, positional, keywords
 
 
 def escape(text: str) -> str:
@@ -493,174 +451,3 @@ def bind_tcp(interface: str, port: int, backlog: int, reuse_port: bool = False,
         raise UserError(f"cannot listen on {where}: {os_reason(error)}") from None
     sock.setblocking(False)
     return sock
-
-
-# Parsing --------------------------------------------------------------------
-
-def parse(text: str, base: pathlib.Path | None = None) -> Endpoint:
-    """The endpoint ``text`` describes; relative paths are taken from ``base``
-    (the working directory if ``None``). Raises ``DescriptionError``."""
-    shown = text if len(text) <= 200 else text[:200] + "..."
-    if len(text) > MAX_DESCRIPTION:
-        raise DescriptionError(f"bad listener {shown!r}: over {MAX_DESCRIPTION} characters")
-    try:
-        return _parse(text, base or pathlib.Path.cwd())
-    except ValueError as error:
-        raise DescriptionError(f"bad listener {shown!r}: {error}") from None
-
-
-def _parse(text: str, base: pathlib.Path) -> Endpoint:
-    prefix, _, rest = text.partition(":")
-    if prefix == "haproxy":
-        inner = _parse(rest, base)
-        if isinstance(inner, ProxiedEndpoint):
-            raise ValueError("haproxy: is given twice")
-        return ProxiedEndpoint(inner)
-    prefix, positional, keywords = split(text)
-    make = PREFIXES.get(prefix)
-    if make is None:
-        raise ValueError(f"unknown prefix {prefix!r} (expected one of "
-                         f"{', '.join([*PREFIXES, 'haproxy'])})")
-    return make(_Arguments(prefix, positional, keywords, base))
-
-
-@dataclasses.dataclass
-class _Arguments:
-    """The arguments of one description, each taken once by name or position."""
-
-    prefix: str
-    positional: list[str]
-    keywords: dict[str, str]
-    base: pathlib.Path
-
-    def take(self, key: str, required: bool = False) -> str | None:
-        if key in self.keywords:
-            return self.keywords.pop(key)
-        if self.positional:
-            return self.positional.pop(0)
-        if required:
-            raise ValueError(f"{self.prefix}: needs {key}")
-        return None
-
-    def keyword(self, key: str) -> str | None:
-        return self.keywords.pop(key, None)
-
-    def done(self) -> None:
-        if self.positional:
-            raise ValueError(f"unexpected argument {self.positional[0]!r}")
-        if self.keywords:
-            raise ValueError(f"unknown key {next(iter(self.keywords))!r} for {self.prefix}:")
-
-    def path(self, key: str, required: bool = False) -> pathlib.Path | None:
-        text = self.take(key, required) if required else self.keyword(key)
-        if text is None:
-            return None
-        if not text or "\0" in text or len(os.fsencode(text)) > 4096:
-            raise ValueError(f"{key}: expected a path of 1 to 4096 bytes without NUL")
-        return pathlib.Path(os.path.normpath(self.base / text))
-
-
-def _number(text: str | None, what: str, low: int, high: int) -> int | None:
-    if text is None:
-        return None
-    if not (text.isascii() and text.isdigit()) or len(text) > 6 or not low <= int(text) <= high:
-        raise ValueError(f"{what}: expected a number from {low} to {high}, got {text!r}")
-    return int(text)
-
-
-def _interface(text: str | None, default: str, ipv6_only: bool) -> str:
-    if text is None:
-        return default
-    interface = parse_interface(text)
-    if ipv6_only and ":" not in interface and _is_ip(interface):
-        raise ValueError(f"interface: tcp6 listens on IPv6 only, got {text!r}")
-    return interface
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _tcp(arguments: _Arguments, ipv6_only: bool = False) -> TCPEndpoint:
-    port = _number(arguments.take("port", required=True), "port", 0, 65535)
-    interface = _interface(arguments.keyword("interface"), "::1" if ipv6_only else "127.0.0.1",
-                           ipv6_only)
-    backlog = _number(arguments.keyword("backlog"), "backlog", 1, MAX_BACKLOG)
-    assert port is not None
-    return TCPEndpoint(port, interface, backlog, ipv6_only)
-
-
-def _tcp4(arguments: _Arguments) -> TCPEndpoint:
-    endpoint = _tcp(arguments)
-    arguments.done()
-    return endpoint
-
-
-def _tcp6(arguments: _Arguments) -> TCPEndpoint:
-    endpoint = _tcp(arguments, ipv6_only=True)
-    arguments.done()
-    return endpoint
-
-
-def _unix(arguments: _Arguments) -> UnixEndpoint:
-    path = arguments.path("address", required=True)
-    assert path is not None
-    if len(os.fsencode(str(path))) > MAX_SOCKET_PATH_BYTES:
-        raise ValueError(f"a Unix socket path is at most {MAX_SOCKET_PATH_BYTES} bytes, "
-                         f"and {str(path)!r} is longer")
-    mode_text = arguments.keyword("mode")
-    mode = DEFAULT_UNIX_MODE
-    if mode_text is not None:
-        digits = mode_text.removeprefix("0o")
-        if not digits or len(digits) > 4 or not set(digits) <= set("01234567") \
-                or int(digits, 8) > 0o777:
-            raise ValueError(f"mode: expected an octal mode from 000 to 777, got {mode_text!r}")
-        mode = int(digits, 8)
-    backlog = _number(arguments.keyword("backlog"), "backlog", 1, MAX_BACKLOG)
-    arguments.done()
-    return UnixEndpoint(path, mode, backlog)
-
-
-def _ssl(arguments: _Arguments) -> TLSEndpoint:
-    tcp = _tcp(arguments)
-    private_key = arguments.path("privateKey")
-    if private_key is None:
-        raise ValueError("ssl: needs privateKey=FILE")
-    cert_key = arguments.path("certKey")
-    chain = arguments.path("extraCertChain")
-    arguments.done()
-    return TLSEndpoint(tcp, private_key, cert_key, chain)
-
-
-def _systemd(arguments: _Arguments) -> SystemdEndpoint:
-    index = _number(arguments.keyword("index"), "index", 0, activation.MAX_FDS - 1)
-    name = arguments.keyword("name")
-    domain = arguments.keyword("domain")
-    arguments.done()
-    if (index is None) == (name is None):
-        raise ValueError("systemd: needs either index=N or name=NAME")
-    if name is not None and not 0 < len(name) <= 255:
-        raise ValueError("name: expected 1 to 255 characters")
-    if domain is not None and domain not in DOMAINS:
-        raise ValueError(f"domain: expected one of {', '.join(DOMAINS)}, got {domain!r}")
-    return SystemdEndpoint(index, name, domain)
-
-
-PREFIXES: dict[str, Callable[[_Arguments], Endpoint]] = {
-    "tcp": _tcp4, "tcp6": _tcp6, "unix": _unix, "ssl": _ssl, "systemd": _systemd,
-}
-
-
-def check_distinct(endpoints: list[Endpoint]) -> None:
-    """Refuse two endpoints on one address, naming both."""
-    seen: dict[object, Endpoint] = {}
-    for endpoint in endpoints:
-        key = endpoint.address_key()
-        if key in seen:
-            raise DescriptionError(f"listeners {seen[key].description!r} and "
-                                   f"{endpoint.description!r} are on the same address")
-        seen[key] = endpoint

@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Iterator
 from typing import Any, Self, cast
 
-from reverserd import endpoints, preambles
+from reverserd import descriptions, endpoints, preambles
 from reverserd.config import MAX_LINE_LENGTH, parse_interface
 from reverserd.endpoints import Endpoint, TCPEndpoint
 from reverserd.errors import UserError
@@ -143,10 +143,10 @@ class ListeningService(Service):
 
     @classmethod
     def restore_state(cls, state: StateReader) -> Self:
-        description = state.text("listen", endpoints.MAX_DESCRIPTION)
+        description = state.text("listen", descriptions.MAX_DESCRIPTION)
         try:
-            endpoint = endpoints.parse(description)
-        except endpoints.DescriptionError as error:
+            endpoint = descriptions.parse(description)
+        except descriptions.DescriptionError as error:
             raise StateError(f"{state.where}: 'listen': {error}") from None
         return cls._restored(state, endpoint)
 
@@ -499,9 +499,9 @@ def listen(description: str, handler_class: type[LineHandler], *,
     """A service serving ``handler_class`` where ``description`` says
     (``tcp:2323``, ``unix:/run/app.sock``, ``haproxy:tcp:2325``...).
 
-    Raises ``ValueError`` (``endpoints.DescriptionError``) for a bad description.
+    Raises ``ValueError`` (``descriptions.DescriptionError``) for a bad description.
     """
-    return ListeningService(endpoints.parse(description), handler_class, backlog,
+    return ListeningService(descriptions.parse(description), handler_class, backlog,
                             max_line_length=max_line_length, shutdown_timeout=shutdown_timeout)
 
 
