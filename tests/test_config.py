@@ -325,3 +325,10 @@ def test_listen_is_repeatable_and_refuses_two_listeners_on_one_address() -> None
 def test_bad_proxy_networks_are_refused(text: str) -> None:
     with pytest.raises(UsageError, match="--proxy-from"):
         cli.parse_command(["run", "--proxy-from", text])
+
+
+def test_port_beside_listen_is_ignored_with_a_warning(capsys) -> None:
+    _, settings = cli.parse_command(["run", "--listen", "tcp:0", "--port", "5"])
+    assert [endpoint.description for endpoint in settings.listen] == ["tcp:0:interface=127.0.0.1"]
+    assert capsys.readouterr().err == ("reverserd: ignoring --port: --listen says where to "
+                                       "listen\n")

@@ -43,6 +43,7 @@ def test_escaped_colons_make_an_ipv6_interface() -> None:
 
 @pytest.mark.parametrize("text, expected", [
     ("tcp:2323", TCPEndpoint(2323, "127.0.0.1")),
+    ("tcp:interface=0.0.0.0:02323", TCPEndpoint(2323, "0.0.0.0")),
     ("tcp:port=80:interface=0.0.0.0:backlog=50", TCPEndpoint(80, "0.0.0.0", 50)),
     ("tcp6:0", TCPEndpoint(0, "::1", None, True)),
     ("unix:app.sock", UnixEndpoint(BASE / "app.sock")),
@@ -91,7 +92,7 @@ def test_a_bad_description_is_one_line_quoting_it(text: str, reason: str) -> Non
         descriptions.parse(text, BASE)
     message = str(caught.value)
     assert "\n" not in message
-    assert repr(text) in message
+    assert f"'{text}'" in message
     assert reason in message
 
 

@@ -23,9 +23,10 @@ def test_a_unix_socket_gets_exactly_its_mode_whatever_the_umask(tmp_path: pathli
     try:
         assert stat.S_IMODE(os.stat(endpoint.path).st_mode) == 0o640
         assert endpoint.label(sock) == f"unix:{endpoint.path}"
+        os.chmod(endpoint.path, 0o666)  # changed while serving: still the same file
     finally:
-        sock.close()
         endpoint.release()
+        sock.close()
     assert not endpoint.path.exists()
 
 
@@ -40,8 +41,8 @@ def test_a_stale_socket_file_is_replaced_and_a_live_one_refused(tmp_path: pathli
             UnixEndpoint(path).bind(8, reuse_port=False)
         assert path.exists()
     finally:
-        sock.close()
         endpoint.release()
+        sock.close()
 
 
 def test_a_path_that_is_not_a_socket_is_left_alone(tmp_path: pathlib.Path) -> None:
@@ -56,12 +57,14 @@ def test_release_leaves_a_socket_file_another_server_made(tmp_path: pathlib.Path
     path = tmp_path / "s.sock"
     first = UnixEndpoint(path)
     sock = first.bind(8, reuse_port=False)
-    sock.close()
-    os.unlink(path)
-    with socket.socket(socket.AF_UNIX) as other:
-        other.bind(str(path))
-        first.release()
-        assert path.exists()
+    try:
+        os.unlink(path)
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind(str(path))
+            first.release()
+            assert path.exists()
+    finally:
+        sock.close()
 
 
 def test_tcp6_listens_on_ipv6_only() -> None:

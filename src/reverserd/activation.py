@@ -45,8 +45,8 @@ def _take(environment: dict[str, str]) -> list[InheritedSocket]:
     pid, count = environment.get("LISTEN_PID"), environment.get("LISTEN_FDS")
     if pid is None or count is None or pid != str(os.getpid()):
         return []
-    if not (count.isascii() and count.isdigit() and 0 < int(count) <= MAX_FDS):
-        raise UserError(f"LISTEN_FDS={count[:20]!r} is not a number of sockets from 1 "
+    if not (count.isascii() and count.isdigit() and len(count) <= 5 and int(count) <= MAX_FDS):
+        raise UserError(f"LISTEN_FDS={count[:20]!r} is not a number of sockets from 0 "
                         f"to {MAX_FDS}")
     names = environment.get("LISTEN_FDNAMES", "").split(":")
     taken = []

@@ -329,12 +329,25 @@ def _warn_of_ignored_reverser_options(given: argparse.Namespace,
                                        from_file.get("state_file"))
                    if value is not UNSET and value is not None), None)
     if source is None:
+        _warn_of_ignored_tcp_options(given, from_file)
         return
     ignored = [f"--{dest.replace('_', '-')}" for dest in REVERSER_OPTIONS
                if getattr(given, dest) is not UNSET]
     if ignored:
         print(f"reverserd: ignoring {', '.join(ignored)}: the application from {source} "
               "has its own settings", file=sys.stderr, flush=True)
+
+
+def _warn_of_ignored_tcp_options(given: argparse.Namespace,
+                                 from_file: dict[str, object]) -> None:
+    """``--port`` and ``--interface`` are the short form used without ``--listen``."""
+    if given.listen is UNSET and "listen" not in from_file:
+        return
+    ignored = [f"--{dest}" for dest in ("port", "interface")
+               if getattr(given, dest) is not UNSET or dest in from_file]
+    if ignored:
+        print(f"reverserd: ignoring {', '.join(ignored)}: --listen says where to listen",
+              file=sys.stderr, flush=True)
 
 
 def _settle_exclusive_options(given: argparse.Namespace, from_file: dict[str, object],
@@ -414,10 +427,15 @@ def _listeners(verb: str, options: argparse.Namespace) -> tuple[endpoints.Endpoi
     listen = tuple(options.listen)
     if verb in SERVING_VERBS:
         inherited = activation.inherited_sockets()  # and the variables removed, for good
-        if not listen and not options.tcp_given and inherited \
-                and options.application_file is None and options.state_file is None:
+        own_listeners = options.application_file is not None or options.state_file is not None
+        if not listen and not options.tcp_given and inherited and not own_listeners:
             listen = tuple(endpoints.SystemdEndpoint(index=passed.index)
                            for passed in inherited)
+        elif inherited and not own_listeners and not any(
+                isinstance(endpoint, endpoints.SystemdEndpoint) for endpoint in listen):
+            print(f"reverserd: not serving the {len(inherited)} socket(s) systemd passed: "
+                  f"{'--listen' if listen else '--port or --interface'} says where to listen "
+                  "(--listen systemd:index=N serves one)", file=sys.stderr, flush=True)
     try:
         descriptions.check_distinct(list(listen))
     except descriptions.DescriptionError as error:

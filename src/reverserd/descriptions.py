@@ -62,8 +62,6 @@ def split(text: str) -> tuple[str, list[str], dict[str, str]]:
     for field, argument in zip(fields[1:], arguments):
         at = next((i for i, (c, escaped) in enumerate(field) if c == "=" and not escaped), None)
         if at is None:
-            if keywords:
-                raise ValueError(f"{argument!r} comes after a key=value argument")
             positional.append(argument)
             continue
         key, value = argument[:at], argument[at + 1:]
@@ -76,13 +74,20 @@ def split(text: str) -> tuple[str, list[str], dict[str, str]]:
 def parse(text: str, base: pathlib.Path | None = None) -> Endpoint:
     """The endpoint ``text`` describes; relative paths are taken from ``base``
     (the working directory if ``None``). Raises ``DescriptionError``."""
-    shown = text if len(text) <= 200 else text[:200] + "..."
     if len(text) > MAX_DESCRIPTION:
-        raise DescriptionError(f"bad listener {shown!r}: over {MAX_DESCRIPTION} characters")
+        raise DescriptionError(f"bad listener {_as_typed(text)}: over {MAX_DESCRIPTION} "
+                               "characters")
     try:
         return _parse(text, base or pathlib.Path.cwd())
     except ValueError as error:
-        raise DescriptionError(f"bad listener {shown!r}: {error}") from None
+        raise DescriptionError(f"bad listener {_as_typed(text)}: {error}") from None
+
+
+def _as_typed(text: str) -> str:
+    """A description quoted as the user wrote it (backslashes single), cut short;
+    control characters escaped, so the message stays one line."""
+    shown = text if len(text) <= 200 else text[:200] + "..."
+    return f"'{shown}'" if shown.isprintable() else repr(shown)
 
 
 def _parse(text: str, base: pathlib.Path) -> Endpoint:
@@ -139,9 +144,11 @@ class _Arguments:
 def _number(text: str | None, what: str, low: int, high: int) -> int | None:
     if text is None:
         return None
-    if not (text.isascii() and text.isdigit()) or len(text) > 6 or not low <= int(text) <= high:
+    digits = text.lstrip("0") or "0"  # int() of thousands of digits is slow: length first
+    if not (text.isascii() and text.isdigit()) or len(digits) > len(str(high)) \
+            or not low <= int(digits) <= high:
         raise ValueError(f"{what}: expected a number from {low} to {high}, got {text!r}")
-    return int(text)
+    return int(digits)
 
 
 def _interface(text: str | None, default: str, ipv6_only: bool) -> str:
@@ -237,6 +244,6 @@ def check_distinct(endpoints: list[Endpoint]) -> None:
     for endpoint in endpoints:
         key = endpoint.address_key()
         if key in seen:
-            raise DescriptionError(f"listeners {seen[key].description!r} and "
-                                   f"{endpoint.description!r} are on the same address")
+            raise DescriptionError(f"listeners {_as_typed(seen[key].description)} and "
+                                   f"{_as_typed(endpoint.description)} are on the same address")
         seen[key] = endpoint

@@ -5,7 +5,8 @@ nothing. So the launcher forks first; its child opens the context, and the
 daemon it turns into reports over a pipe, one line per message::
 
     pid N            right after detaching (so a hung daemon can be killed)
-    ready A B ...    serving, on these addresses
+    ready ["A", ...] serving, on these addresses (JSON: a Unix socket path,
+                     ``tls 127.0.0.1:2324``, may hold spaces)
     error MESSAGE    start-up failed; the daemon cleaned up and is exiting
 
 The launcher closes its own copy of the write end straight after forking,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import logging
 import os
 import pathlib
@@ -59,7 +61,7 @@ class Reporter:
         self._send(f"pid {os.getpid()}")
 
     def ready(self, addresses: tuple[str, ...]) -> None:
-        self._send(" ".join(("ready", *addresses)))
+        self._send(f"ready {json.dumps(addresses)}")
         self.close()
 
     def error(self, message: str) -> None:
@@ -181,12 +183,22 @@ def await_report(spawned: Spawned, timeout: float) -> Report:
                 if kind == "pid":
                     pid = int(rest)
                 elif kind == "ready":
-                    return Report(Outcome.READY, pid, tuple(rest.split()))
+                    return Report(Outcome.READY, pid, _addresses(rest))
                 elif kind == "error":
                     return Report(Outcome.FAILED, pid, message=rest)
     finally:
         os.close(spawned.status_fd)
         _reap(spawned.child)
+
+
+def _addresses(text: str) -> tuple[str, ...]:
+    try:
+        addresses = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(addresses, list):
+        return ()
+    return tuple(str(address) for address in addresses)
 
 
 def _reap(child: int, patience: float = 2.0) -> None:

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import pathlib
+import re
 import socket
 import ssl
 import stat
@@ -36,6 +37,8 @@ MAX_BACKLOG = 65535
 DEFAULT_UNIX_MODE = 0o660
 MAX_KEY_FILE_BYTES = 1024 * 1024
 TLS_HANDSHAKE_TIMEOUT = 10.0
+CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\s*",
+                         re.DOTALL)
 # struct tcp_info: for a listening socket, tcpi_sacked holds the accept queue's length.
 TCP_INFO_BYTES = 32
 LISTEN_BACKLOG_OFFSET = 28
@@ -85,7 +88,7 @@ class Endpoint:
         """Give what ``bind`` created on disk to the account the daemon runs as."""
 
     def release(self) -> None:
-        """Undo what ``bind`` left on disk, once the socket is closed."""
+        """Undo what ``bind`` left on disk, just before the socket is closed."""
 
     def address_key(self) -> object:
         """Two endpoints with equal keys would listen on the same address."""
@@ -144,8 +147,8 @@ class UnixEndpoint(Endpoint):
     path: pathlib.Path
     mode: int = DEFAULT_UNIX_MODE
     backlog: int | None = None
-    _bound: list[tuple[int, tuple[int, int, int]]] = dataclasses.field(
-        default_factory=list, compare=False, repr=False)  # (directory fd, identity)
+    _bound: list[tuple[int, tuple[int, int]]] = dataclasses.field(
+        default_factory=list, compare=False, repr=False)  # (directory fd, (device, inode))
 
     @property
     def description(self) -> str:
@@ -172,7 +175,7 @@ class UnixEndpoint(Endpoint):
             if directory >= 0:
                 os.close(directory)
             raise UserError(f"cannot listen on {where}: {os_reason(error)}") from None
-        self._bound.append((directory, _identity(status)))
+        self._bound.append((directory, (status.st_dev, status.st_ino)))
         sock.setblocking(False)
         return sock
 
@@ -207,22 +210,24 @@ class UnixEndpoint(Endpoint):
     def hand_over(self, uid: int, gid: int) -> None:
         try:
             os.chown(self.path, uid, gid)
-            identity = _identity(os.stat(self.path))  # a new ctime
         except OSError as error:
             raise UserError(f"cannot give {self.label(None)} to the daemon's account: "
                             f"{os_reason(error)}") from None
-        self._bound[:] = [(directory, identity) for directory, _ in self._bound]
 
     def queue_length(self, sock: socket.socket, backlog: int) -> int:
         return self.backlog or backlog
 
     def release(self) -> None:
-        """Remove the socket file, unless another has taken its place."""
+        """Remove the socket file, unless another has taken its place.
+
+        Called while the listening socket is still open: it holds the
+        file's inode, so a file found there with that inode is ours.
+        """
         while self._bound:
             directory, identity = self._bound.pop()
             try:
                 status = os.stat(self.path.name, dir_fd=directory, follow_symlinks=False)
-                if _identity(status) == identity:
+                if (status.st_dev, status.st_ino) == identity:
                     os.unlink(self.path.name, dir_fd=directory)
             except FileNotFoundError:
                 pass
@@ -237,12 +242,6 @@ class UnixEndpoint(Endpoint):
 
     def address_key(self) -> object:
         return ("unix", os.path.normpath(self.path))
-
-
-def _identity(status: os.stat_result) -> tuple[int, int, int]:
-    """Tells one file from another made later at the same path: an inode
-    number alone may be given again at once."""
-    return status.st_dev, status.st_ino, status.st_ctime_ns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,26 +272,34 @@ class TLSEndpoint(Endpoint):
         return self.tcp.bind(backlog, reuse_port)
 
     def _load(self) -> ssl.SSLContext:
+        """The server's TLS settings, from the files as they are now.
+
+        The key is read from its own file only; with ``extraCertChain``,
+        the certificates (never the key) are put together in a private
+        scratch file, since ``load_cert_chain`` reads only files.
+        """
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
-        key = _read_pem(self.private_key, "private key")
-        certificates = _read_pem(self.cert_key or self.private_key, "certificate")
-        if self.extra_cert_chain is not None:
-            certificates += b"\n" + _read_pem(self.extra_cert_chain, "certificate chain")
-        # load_cert_chain reads only files: give it private copies, gone at once.
-        with tempfile.TemporaryDirectory(prefix="reverserd-tls-") as scratch:
-            chain_file, key_file = pathlib.Path(scratch, "chain"), pathlib.Path(scratch, "key")
-            for path, content in ((chain_file, certificates), (key_file, key)):
-                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with open(descriptor, "wb") as file:
-                    file.write(content)
-            try:
-                context.load_cert_chain(chain_file, key_file)
-            except ssl.SSLError as error:
-                raise UserError(f"cannot use the key {self.private_key} with the certificate "
-                                f"{self.cert_key or self.private_key}: "
-                                f"{error.reason or error}".lower()) from None
+        _read_pem(self.private_key, "private key")  # readable and of a sane size
+        certificate_file = self.cert_key or self.private_key
+        certificates = _read_pem(certificate_file, "certificate")
+        try:
+            if self.extra_cert_chain is None:
+                context.load_cert_chain(certificate_file, self.private_key, _no_passphrase)
+            else:
+                chain = _read_pem(self.extra_cert_chain, "certificate chain")
+                with tempfile.TemporaryDirectory(prefix="reverserd-tls-") as scratch:
+                    chain_file = pathlib.Path(scratch, "chain.pem")
+                    chain_file.write_bytes(b"".join(CERTIFICATE.findall(certificates + chain)))
+                    context.load_cert_chain(chain_file, self.private_key, _no_passphrase)
+        except _Encrypted:
+            raise UserError(f"the TLS private key {self.private_key} is encrypted: give "
+                            "reverserd one without a passphrase (readable by root only; it "
+                            "is read before root is given up)") from None
+        except ssl.SSLError as error:
+            raise UserError(f"cannot use the key {self.private_key} with the certificate "
+                            f"{certificate_file}: {error.reason or error}".lower()) from None
         return context
 
     def replica(self, sock: socket.socket, backlog: int) -> socket.socket:
@@ -309,6 +316,14 @@ class TLSEndpoint(Endpoint):
 
     def address_key(self) -> object:
         return self.tcp.address_key()
+
+
+class _Encrypted(Exception):
+    """The private key asks for a passphrase: no daemon can type one."""
+
+
+def _no_passphrase() -> str:
+    raise _Encrypted
 
 
 def _read_pem(path: pathlib.Path, what: str) -> bytes:

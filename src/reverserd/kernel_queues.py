@@ -50,7 +50,7 @@ def unacknowledged(sock: SocketLike) -> int | None:
     """Bytes in the kernel's send queue the peer has not acknowledged (SIOCOUTQ)."""
     try:
         answer = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: closed already (its fileno is -1)
         return None
     queued: int = struct.unpack("i", answer)[0]
     return queued

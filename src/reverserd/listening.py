@@ -94,6 +94,7 @@ class ListeningService(Service):
         self._listened_port: int | None = None  # what port 0 turned into, kept after stop
         self.reuse_port = False
         self._queue_length = backlog  # what listen() is given again after start_server's
+        self._owns_files = False  # this process bound the socket: it removes its file
         self._tls: ssl.SSLContext | None = None  # read when bound
         self._opens_first = False  # a PROXY header or a TLS handshake before the lines
         self._forget_handler = self._forget  # one bound method shared by every handler
@@ -177,6 +178,7 @@ class ListeningService(Service):
                 log.info("listen backlog %d capped at the kernel's net.core.somaxconn, %d",
                          self.backlog, limit)
             self._socket = self.endpoint.bind(self.backlog, self.reuse_port)
+            self._owns_files = True
             self._queue_length = self.endpoint.queue_length(self._socket, self.backlog)
             if self._socket.family != socket.AF_UNIX:
                 self._listened_port = self._socket.getsockname()[1]
@@ -188,8 +190,10 @@ class ListeningService(Service):
         return self.endpoint.replica(self._socket, self.backlog)
 
     def use_socket(self, sock: socket.socket) -> None:
-        """Serve on ``sock`` (a replica) instead of the socket bound first."""
+        """Serve on ``sock`` (a replica, in a worker process) instead of the socket
+        bound first; what binding left on disk is the main process's to remove."""
         self._socket = sock
+        self._owns_files = False
 
     def hand_over(self, uid: int, gid: int) -> None:
         """Give the socket file, if there is one, to the account the daemon runs as."""
@@ -203,7 +207,8 @@ class ListeningService(Service):
         return [self._socket.fileno(), *self.endpoint.kept_fds()]
 
     def release(self) -> None:
-        """Remove what binding left on disk; the process that bound it does, once."""
+        """Remove what binding left on disk (a socket file), while the socket is
+        still open; the process that bound it does, once."""
         self.endpoint.release()
 
     @property
@@ -345,6 +350,8 @@ class ListeningService(Service):
 
     def close_socket(self) -> None:
         if self._socket is not None:
+            if self._owns_files:
+                self.release()
             self._socket.close()
             self._socket = None
 
@@ -406,7 +413,7 @@ class ListeningService(Service):
         """
         assert self.policy is not None and self._loop is not None
         if self.endpoint.proxied:
-            peer = transport.get_extra_info("peername")
+            peer = handler.peer_address
             if not preambles.may_send_header(peer, self.policy.limits.proxy_from):
                 log.info("closing connection from %s: not an address --proxy-from allows to "
                          "send a PROXY header", handler.peer)
@@ -422,8 +429,14 @@ class ListeningService(Service):
                       opening: preambles.Opening) -> bool:
         assert self.policy is not None
         admit_client = self.policy.admit_peer if self.endpoint.proxied else None
-        return await preambles.open_connection(handler, transport, opening, self._tls,
-                                               admit_client)
+        try:
+            return await preambles.open_connection(handler, transport, opening, self._tls,
+                                                   admit_client)
+        except Exception:  # a bug, not the client's doing: this connection only pays
+            log.exception("cannot open the connection from %s", handler.peer)
+            transport.abort()
+            handler.connection_lost(None)
+            return False
 
     def _forget(self, handler: LineHandler) -> None:
         if self._connections.pop(handler, None) is None:
@@ -534,6 +547,7 @@ def kept_fds(service: Service) -> list[int]:
 
 
 def release_all(service: Service) -> None:
-    """Remove every socket file the tree's listeners made (their sockets closed)."""
+    """Remove every socket file the tree's listeners made and still hold open
+    (a main process with workers never closes them)."""
     for server in _listening_services(service):
         server.release()

@@ -29,11 +29,26 @@ Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
 
 
 class PreambleFailed(Exception):
-    """The connection is closed: the message says why, for one log line."""
+    """The connection is closed: the message says why, for one log line.
+
+    A balancer that sends no header, or a bad one, is misconfigured: the
+    operator is told (info). A client that vanishes or fails its handshake
+    is everyday noise from scanners and dropped links (debug).
+    """
+
+    def __init__(self, reason: str, level: int = logging.DEBUG) -> None:
+        super().__init__(reason)
+        self.level = level
 
 
 def may_send_header(peer: object, networks: Networks) -> bool:
-    """Whether ``peer`` (a ``getpeername`` result) is a balancer we trust."""
+    """Whether ``peer`` (a ``getpeername`` result) is a balancer we trust.
+
+    A peer on a Unix socket is a process of this machine, let in by the
+    socket file's mode: trusted as the balancer that file is there for.
+    """
+    if isinstance(peer, str | bytes):
+        return True
     if not isinstance(peer, tuple) or not peer:
         return False
     try:
@@ -70,7 +85,8 @@ class Opening(asyncio.Protocol):
             try:
                 header = parse(self.received[:MAX_HEADER_BYTES])
             except ProxyHeaderError as error:
-                self.header.set_exception(PreambleFailed(f"bad PROXY header: {error}"))
+                self.header.set_exception(PreambleFailed(f"bad PROXY header: {error}",
+                                                         logging.INFO))
                 return
             if header is None:
                 return
@@ -81,12 +97,12 @@ class Opening(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.ended = True
-        self._fail("closed before sending its PROXY header")
+        self._fail("the connection ended before its PROXY header")
         return True  # closed by whoever awaits the header
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ended = self.lost = True
-        self._fail("lost before its PROXY header")
+        self._fail("the connection was lost before its PROXY header")
 
     def _fail(self, reason: str) -> None:
         if not self.header.done():
@@ -152,13 +168,17 @@ async def start_tls(transport: asyncio.Transport, context: ssl.SSLContext,
     # read from the turn after; uvloop's leaves a paused transport paused.
     await asyncio.sleep(0)
     await asyncio.sleep(0)
+    if opening.lost:  # before the TLS layer was in place: nothing would ever tell it
+        handshake.cancel()
+        raise PreambleFailed("TLS handshake failed: the connection was lost")
     received = opening.take()
     if received and not handshake.done():
         _feed(transport.get_protocol(), received)
     if not transport.is_closing():
         transport.resume_reading()
     try:
-        tls_transport = await handshake
+        # The TLS layer's own timeout cannot fire once its transport is gone.
+        tls_transport = await asyncio.wait_for(handshake, TLS_HANDSHAKE_TIMEOUT + 1)
     except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
         raise PreambleFailed(f"TLS handshake failed: {_reason(error)}") from None
     if tls_transport is None:  # closed under it (a stop, a limit)
@@ -193,20 +213,20 @@ async def open_connection(handler: LineHandler, transport: asyncio.Transport,
     """Take ``transport`` through its preamble and hand it to ``handler``.
 
     ``False`` when the connection failed on the way; it is closed then,
-    with one log line (debug level for a failed handshake, which every
-    port scanner causes), and the handler told its connection is lost.
+    with one log line (see ``PreambleFailed``), and the handler told its
+    connection is lost.
     ``admit_client`` (the per-peer limit) is asked once a PROXY header
     has named the client, before anything of the client's is served.
     """
     transport.resume_reading()  # paused if it waited for its turn under the cap
-    address = transport.get_extra_info("peername")
+    address = handler.peer_address
     peer = format_sockaddr(address)
     if context is not None:
         handler.client = address  # a TLS transport forgets it once closed
     try:
         header = await asyncio.wait_for(opening.header, HEADER_TIMEOUT)
         if opening.lost:
-            raise PreambleFailed("lost before it was served")
+            raise PreambleFailed("the connection was lost before it was served")
         if header is not None and header.source is not None:
             handler.client = header.source
         if admit_client is not None and not admit_client(handler):
@@ -218,9 +238,10 @@ async def open_connection(handler: LineHandler, transport: asyncio.Transport,
                 raise PreambleFailed("TLS handshake failed: the client closed the connection")
             tls_transport, holding = await start_tls(transport, context, opening)
     except TimeoutError:
-        return _failed(handler, transport, peer, f"no PROXY header within {HEADER_TIMEOUT:g} s")
+        return _failed(handler, transport, peer, PreambleFailed(
+            f"no PROXY header within {HEADER_TIMEOUT:g} s", logging.INFO))
     except PreambleFailed as error:
-        return _failed(handler, transport, peer, str(error))
+        return _failed(handler, transport, peer, error)
     if context is not None:
         holding.hand_to(handler, tls_transport)
         return True
@@ -237,9 +258,9 @@ async def open_connection(handler: LineHandler, transport: asyncio.Transport,
     return True
 
 
-def _failed(handler: LineHandler, transport: asyncio.Transport, peer: str, why: str) -> bool:
-    level = logging.DEBUG if why.startswith("TLS") else logging.INFO
-    log.log(level, "closing connection from %s: %s", peer, why)
+def _failed(handler: LineHandler, transport: asyncio.Transport, peer: str,
+            why: PreambleFailed) -> bool:
+    log.log(why.level, "closing connection from %s: %s", peer, why)
     transport.abort()
     handler.connection_lost(None)
     return False

@@ -153,7 +153,10 @@ class LineHandler(asyncio.Protocol):
         """The client's address: from the PROXY header if there was one."""
         if self.client is not None or self.transport is None:
             return self.client
-        return self.transport.get_extra_info("peername")
+        try:
+            return self.transport.get_extra_info("peername")
+        except (OSError, ValueError):  # uvloop's, once the connection is gone
+            return None
 
     def line_received(self, line: bytes) -> bytes | None:
         """The reply to ``line`` (without its line end), or ``None`` for none."""

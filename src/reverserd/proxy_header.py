@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 MAX_V1_BYTES = 107  # the spec's limit, CRLF included
 MAX_HEADER_BYTES = 4096  # our cap for a v2 header (16-byte fixed part + addresses + TLVs)
 
+_V1_PREFIX = b"PROXY "
 _V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 _V2_FIXED_BYTES = 16
 # Family and transport byte -> bytes of addresses that must follow.  The
@@ -56,6 +57,8 @@ def parse(data: bytes) -> ProxyHeader | None:
     """
     if _V2_SIGNATURE.startswith(data[: len(_V2_SIGNATURE)]):
         return _parse_v2(data) if len(data) >= len(_V2_SIGNATURE) else None
+    if not _V1_PREFIX.startswith(data[: len(_V1_PREFIX)]):
+        raise ProxyHeaderError(f"not a PROXY header: it begins {data[:16]!r}")
     return _parse_v1(data)
 
 

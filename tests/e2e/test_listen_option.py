@@ -355,3 +355,16 @@ def test_a_daemon_with_two_listeners_lists_both_in_status(daemons) -> None:
     assert not path.exists()
     assert not daemons.pidfile.exists()
     assert "Traceback" not in daemons.log()
+
+
+def test_start_names_listeners_whose_labels_hold_spaces(daemons) -> None:
+    path = daemons.path / "with space.sock"
+    started = daemons.run("start", "--listen", "haproxy:tcp:0", "--listen", f"unix:{path}")
+    found = STARTED_PID.search(started.stdout)
+    if found:  # killed at teardown if the test fails
+        daemons.pids.add(int(found.group(1)))
+    assert started.returncode == 0, started
+    assert re.search(rf"listening on proxied 127\.0\.0\.1:\d+, unix:{re.escape(str(path))}$",
+                     started.stdout.strip()), started.stdout
+    assert daemons.stop().returncode == 0
+    assert not path.exists()

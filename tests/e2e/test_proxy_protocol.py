@@ -302,3 +302,18 @@ def test_the_per_peer_limit_counts_the_client_the_header_names(reverserd) -> Non
         assert receive_until_closed(first) == b""
     process.wait_for_log(r"closing connection from 192\.0\.2\.7:5556: it has 1 connections")
     assert_clean_log(process)
+
+
+def test_a_balancer_on_a_unix_socket_may_send_the_header(reverserd, tmp_path) -> None:
+    """A local process that may open the socket file is the balancer it is there for."""
+    path = tmp_path / "proxied.sock"
+    process = reverserd("--foreground", "--listen", f"haproxy:unix:{path}",
+                        "--proxy-from", "10.0.0.0/8", "--log-level", "debug")
+    process.wait_for_log(rf"listening on proxied unix:{re.escape(str(path))}$")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(HEADERS["v2-tcp4"][0] + b"hello\nquit\n")
+        assert receive_until_closed(sock) == b"olleh\n"
+    process.wait_for_log(r"connection from 192\.0\.2\.7:5555$")
+    assert_clean_log(process)

@@ -12,6 +12,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 from collections.abc import Callable
@@ -223,3 +224,16 @@ def test_the_listen_variables_are_gone_and_the_socket_closes_on_exec(
     wait_until(seen.exists, "the application to start")
     assert wait_until(seen.read_text, "what it saw") == "[] False"
     assert_clean_log(process)
+
+
+def test_sockets_passed_but_not_served_are_named_on_stderr(reverserd) -> None:
+    port = free_port()
+    process = activated(reverserd, [f"127.0.0.1:{port}"], "--port", "0")
+    bound(process, port)
+    with connect(port):  # starts reverserd, which serves --port instead
+        process.wait_until_serving()
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert reverserd_errors(process.stderr()) == [
+        "reverserd: not serving the 1 socket(s) systemd passed: --port or --interface says "
+        "where to listen (--listen systemd:index=N serves one)"]

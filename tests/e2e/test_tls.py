@@ -328,3 +328,38 @@ def test_handshakes_over_the_cap_wait_for_their_turn(reverserd, certificate: Cer
     process.end()
     for client in clients:
         client.join(DEADLINE)
+
+
+def test_an_encrypted_key_is_one_line_and_never_a_passphrase_prompt(
+        tmp_path: pathlib.Path) -> None:
+    key, cert = tmp_path / "locked.pem", tmp_path / "cert.pem"
+    for command in (["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                     "-aes256", "-pass", "pass:secret", "-out", str(key)],
+                    ["req", "-x509", "-key", str(key), "-passin", "pass:secret", "-out",
+                     str(cert), "-days", "2", "-subj", "/CN=localhost"]):
+        subprocess.run([openssl(), *command], capture_output=True, check=True, timeout=DEADLINE)
+    result = subprocess.run([REVERSERD, "run", "--listen", ssl_description(key, cert)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=DEADLINE,
+                            stdin=subprocess.DEVNULL, check=False)
+    assert result.returncode == 1, result
+    assert result.stderr == (f"reverserd: the TLS private key {key} is encrypted: give "
+                             "reverserd one without a passphrase (readable by root only; it "
+                             "is read before root is given up)\n")
+
+
+def test_an_extra_certificate_chain_is_sent_after_the_certificate(
+        reverserd, tmp_path: pathlib.Path) -> None:
+    """The chain file's certificates follow the server's own; its key never leaves its file."""
+    issuer = make_certificate(tmp_path / "issuer")
+    server = make_certificate(tmp_path / "server")
+    _, port = start_tls(reverserd, f"{ssl_description(server.key, server.cert)}"
+                                   f":extraCertChain={issuer.cert}")
+    result = subprocess.run([openssl(), "s_client", "-showcerts", "-connect",
+                             f"127.0.0.1:{port}"], input=b"quit\n", capture_output=True,
+                            timeout=DEADLINE, check=False)
+    sent = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
+                      result.stdout, re.DOTALL)
+    expected = [re.search(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----",
+                          certificate.cert.read_bytes(), re.DOTALL).group(0)  # type: ignore[union-attr]
+                for certificate in (server, issuer)]
+    assert sent == expected, result.stdout
