@@ -164,6 +164,7 @@ async def start_tls(transport: asyncio.Transport, context: ssl.SSLContext,
     handshake = loop.create_task(loop.start_tls(
         transport, holding, context, server_side=True,
         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT))
+    handshake.add_done_callback(_seen)  # its failure is told once, below, not again
     # start_tls puts its TLS layer in place on its first step and has it
     # read from the turn after; uvloop's leaves a paused transport paused.
     await asyncio.sleep(0)
@@ -172,8 +173,9 @@ async def start_tls(transport: asyncio.Transport, context: ssl.SSLContext,
         handshake.cancel()
         raise PreambleFailed("TLS handshake failed: the connection was lost")
     received = opening.take()
-    if received and not handshake.done():
-        _feed(transport.get_protocol(), received)
+    tls_layer = transport.get_protocol()
+    if received and tls_layer is not None and not transport.is_closing():
+        _feed(tls_layer, received)
     if not transport.is_closing():
         transport.resume_reading()
     try:
@@ -184,6 +186,11 @@ async def start_tls(transport: asyncio.Transport, context: ssl.SSLContext,
     if tls_transport is None:  # closed under it (a stop, a limit)
         raise PreambleFailed("TLS handshake failed: the connection was closed")
     return tls_transport, holding
+
+
+def _seen(task: asyncio.Task[asyncio.BaseTransport | None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:

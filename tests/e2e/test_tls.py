@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -363,3 +364,30 @@ def test_an_extra_certificate_chain_is_sent_after_the_certificate(
                           certificate.cert.read_bytes(), re.DOTALL).group(0)  # type: ignore[union-attr]
                 for certificate in (server, issuer)]
     assert sent == expected, result.stdout
+
+
+def reset_mid_hello(port: int, header: bytes = b"") -> None:
+    """Half a ClientHello, then a reset: the connection is gone before its handshake is."""
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
+        sock.sendall(header + bytes.fromhex("1603010200010001fc0303") + bytes(40))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_clients_reset_during_the_handshake_free_their_slots(
+        reverserd, certificate: Certificate, loop: str) -> None:
+    process = reverserd("--foreground", "--loop", loop, "--max-connections", "2",
+                        "--listen", ssl_description(certificate.key, certificate.cert),
+                        "--listen", "haproxy:" + ssl_description(certificate.key,
+                                                                 certificate.cert))
+    port = int(process.wait_for_log(TLS_LISTENING).group(1))
+    proxied = int(process.wait_for_log(r"listening on proxied tls 127\.0\.0\.1:(\d+)$").group(1))
+    for _ in range(3):  # more than the cap, were any of them kept
+        reset_mid_hello(port)
+        reset_mid_hello(proxied, b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 2323\r\n")
+    with tls_connect(port, client_context(certificate)) as sock:
+        sock.sendall(b"served\nquit\n")
+        assert receive_until_closed(sock) == b"devres\n"
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0  # no connection left to wait for
+    assert not [line for line in process.log if " ERROR " in line or "Traceback" in line]
