@@ -75,6 +75,7 @@ def test_each_prefix_parses_and_its_description_makes_it_again(
     ("tcp:1:interface=-bad-", "expected an IP address"),
     ("tcp6:1:interface=127.0.0.1", "IPv6 only"),
     ("unix:/tmp/x:mode=999", "octal mode"),
+    ("unix:/tmp/a\nb.sock", "without control characters"),
     ("unix:/tmp/x:mode=rw", "octal mode"),
     ("unix:/" + "d" * 120, "at most 107 bytes"),
     ("ssl:443", "needs privateKey"),
@@ -92,7 +93,7 @@ def test_a_bad_description_is_one_line_quoting_it(text: str, reason: str) -> Non
         descriptions.parse(text, BASE)
     message = str(caught.value)
     assert "\n" not in message
-    assert f"'{text}'" in message
+    assert (f"'{text}'" if text.isprintable() else repr(text)) in message
     assert reason in message
 
 

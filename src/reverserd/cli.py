@@ -433,7 +433,11 @@ def _listeners(verb: str, options: argparse.Namespace) -> tuple[endpoints.Endpoi
                            for passed in inherited)
         elif inherited and not own_listeners and not any(
                 isinstance(endpoint, endpoints.SystemdEndpoint) for endpoint in listen):
-            print(f"reverserd: not serving the {len(inherited)} socket(s) systemd passed: "
+            passed = ", ".join(
+                f"{passed.index} ({passed.name}, "
+                f"{endpoints.SystemdEndpoint(index=passed.index).label(passed.socket)})"
+                for passed in inherited)
+            print(f"reverserd: not serving the socket(s) systemd passed: {passed}; "
                   f"{'--listen' if listen else '--port or --interface'} says where to listen "
                   "(--listen systemd:index=N serves one)", file=sys.stderr, flush=True)
     try:

@@ -136,8 +136,9 @@ class _Arguments:
         text = self.take(key, required) if required else self.keyword(key)
         if text is None:
             return None
-        if not text or "\0" in text or len(os.fsencode(text)) > 4096:
-            raise ValueError(f"{key}: expected a path of 1 to 4096 bytes without NUL")
+        if not text or not text.isprintable() or len(os.fsencode(text)) > 4096:
+            raise ValueError(f"{key}: expected a path of 1 to 4096 bytes without control "
+                             "characters (a newline in it would forge log lines)")
         return pathlib.Path(os.path.normpath(self.base / text))
 
 

@@ -29,6 +29,7 @@ from reverserd.service import MultiService, Service
 log = logging.getLogger(__name__)
 
 SOMAXCONN = "/proc/sys/net/core/somaxconn"
+ABORT_GRACE = 1.0  # seconds aborted connections get to report that they are closed
 ACCEPT_BATCH = 16  # connections the standard loop accepts per wake-up, before the cap is seen
 
 
@@ -339,10 +340,21 @@ class ListeningService(Service):
                     log.warning("closing %d connection(s) still busy after %.1f s",
                                 len(self._connections), self.shutdown_timeout)
                     self._abort_all()
-                    await all_closed
+                    await self._closed_after_abort(all_closed)
                 await asyncio.sleep(0)
         finally:
             self._all_closed = None
+
+    async def _closed_after_abort(self, all_closed: asyncio.Future[None]) -> None:
+        """An aborted connection is told it is lost a turn later; one never told
+        (a bug) must not hold the stop forever: it is forgotten, with a line."""
+        try:
+            await asyncio.wait_for(asyncio.shield(all_closed), ABORT_GRACE)
+        except TimeoutError:
+            log.warning("forgetting %d connection(s) not closed %.1f s after being aborted",
+                        len(self._connections), ABORT_GRACE)
+            for handler in list(self._connections):
+                self._forget(handler)
 
     def _abort_all(self) -> None:
         for handler in list(self._connections):
@@ -414,6 +426,12 @@ class ListeningService(Service):
         assert self.policy is not None and self._loop is not None
         if self.endpoint.proxied:
             peer = handler.peer_address
+            if peer is None:  # reset before it was looked at: nothing to serve
+                log.debug("closing connection from ?: gone before its PROXY header")
+                opening.abandon()
+                transport.abort()
+                handler.connection_lost(None)
+                return
             if not preambles.may_send_header(peer, self.policy.limits.proxy_from):
                 log.info("closing connection from %s: not an address --proxy-from allows to "
                          "send a PROXY header", handler.peer)

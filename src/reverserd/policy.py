@@ -308,7 +308,13 @@ class ConnectionPolicy:
         for listener in self._listeners:
             listener.check_accepting(self, now)
             for handler in listener.connections():
-                reason = handler.overdue(now, idle_timeout, write_timeout)
+                try:
+                    reason = handler.overdue(now, idle_timeout, write_timeout)
+                except Exception:  # a bug: that connection goes, the others are still swept
+                    log.exception("cannot tell whether the connection from %s is overdue; "
+                                  "closing it", handler.peer)
+                    handler.abort()
+                    continue
                 if reason is not None:
                     handler.close_for(reason)
 

@@ -16,7 +16,6 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from reverserd.addresses import format_sockaddr
 from reverserd.endpoints import TLS_HANDSHAKE_TIMEOUT
 from reverserd.protocol import LineHandler
 from reverserd.proxy_header import MAX_HEADER_BYTES, ProxyHeader, ProxyHeaderError, parse
@@ -117,52 +116,80 @@ class Opening(asyncio.Protocol):
         return received
 
 
-class _Holding(asyncio.Protocol):
-    """Stands in for the handler during the handshake.
+class _Handover(asyncio.Protocol):
+    """The handler's stand-in during the handshake, which gives way at the first chance.
 
-    The TLS layer reads the client's first bytes as soon as the handshake
-    is over, before the task awaiting it runs: they wait here until the
-    handler has its transport.
+    The TLS layer reads the client's first bytes, and maybe its end, as
+    soon as the handshake is over, before the task awaiting the handshake
+    runs. Once the TLS layer has closed, a reply written from that task
+    would be dropped: a client that sends a line and closes at once would
+    get nothing. So the handler takes the connection right then, from the
+    TLS layer's first call, with the transport that layer makes for it.
+    ``_get_app_transport`` is not public API, but asyncio's TLS layer and
+    uvloop's both have it; without it, what comes is kept and handed over
+    when the handshake's task runs (a line sent with its end unanswered).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, handler: LineHandler) -> None:
+        self.handler = handler
+        self.tls_layer: asyncio.BaseProtocol | None = None
+        self.transport: asyncio.Transport | None = None  # once the handler has it
         self.received: list[bytes] = []
         self.ended = False
         self.lost: tuple[Exception | None] | None = None
 
-    def data_received(self, data: bytes) -> None:
-        self.received.append(data)
+    def _take_over(self) -> bool:
+        if self.transport is None:
+            app_transport = getattr(self.tls_layer, "_get_app_transport", None)
+            if app_transport is None:
+                return False
+            self.hand_over(app_transport())
+        return True
 
-    def eof_received(self) -> bool:
-        self.ended = True
-        return True  # the handler decides, once it has the connection
+    def hand_over(self, transport: asyncio.Transport) -> None:
+        """Give the handler its transport, and what came meanwhile."""
+        if self.transport is not None:
+            return
+        self.transport = transport
+        transport.set_protocol(self.handler)
+        self.handler.connection_made(transport)
+        for data in self.received:
+            self.handler.data_received(data)
+        if self.ended:
+            self.handler.eof_received()
+        if self.lost is not None:
+            self.handler.connection_lost(self.lost[0])
+
+    def data_received(self, data: bytes) -> None:
+        if self._take_over():
+            self.handler.data_received(data)
+        else:
+            self.received.append(data)
+
+    def eof_received(self) -> None:
+        if self._take_over():
+            self.handler.eof_received()
+        else:
+            self.ended = True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = (exc,)
-
-    def hand_to(self, handler: LineHandler, transport: asyncio.Transport) -> None:
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        for data in self.received:
-            handler.data_received(data)
-        if self.ended:
-            handler.eof_received()
-            transport.close()
-        if self.lost is not None:
-            handler.connection_lost(self.lost[0])
+        if self.transport is not None:
+            self.handler.connection_lost(exc)
+        else:
+            self.lost = (exc,)
 
 
 async def start_tls(transport: asyncio.Transport, context: ssl.SSLContext,
-                    opening: Opening) -> tuple[asyncio.Transport, _Holding]:
-    """The TLS transport, once the handshake is over, and what came meanwhile.
+                    opening: Opening, handler: LineHandler) -> None:
+    """Do the handshake, then give the handler the TLS transport.
 
     What ``opening`` read (after a PROXY header) is the start of the
     handshake: it goes to the TLS layer before the socket is read again.
     """
     loop = asyncio.get_running_loop()
-    holding = _Holding()
+    handover = _Handover(handler)
     handshake = loop.create_task(loop.start_tls(
-        transport, holding, context, server_side=True,
+        transport, handover, context, server_side=True,
         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT))
     handshake.add_done_callback(_seen)  # its failure is told once, below, not again
     # start_tls puts its TLS layer in place on its first step and has it
@@ -172,8 +199,8 @@ async def start_tls(transport: asyncio.Transport, context: ssl.SSLContext,
     if opening.lost:  # before the TLS layer was in place: nothing would ever tell it
         handshake.cancel()
         raise PreambleFailed("TLS handshake failed: the connection was lost")
+    handover.tls_layer = tls_layer = transport.get_protocol()
     received = opening.take()
-    tls_layer = transport.get_protocol()
     if received and tls_layer is not None and not transport.is_closing():
         _feed(tls_layer, received)
     if not transport.is_closing():
@@ -182,10 +209,13 @@ async def start_tls(transport: asyncio.Transport, context: ssl.SSLContext,
         # The TLS layer's own timeout cannot fire once its transport is gone.
         tls_transport = await asyncio.wait_for(handshake, TLS_HANDSHAKE_TIMEOUT + 1)
     except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+        if handover.transport is not None:
+            return  # the handler has it, and has been told how it ended
         raise PreambleFailed(f"TLS handshake failed: {_reason(error)}") from None
-    if tls_transport is None:  # closed under it (a stop, a limit)
+    if tls_transport is not None:
+        handover.hand_over(tls_transport)
+    elif handover.transport is None:  # closed under it (a stop, a limit)
         raise PreambleFailed("TLS handshake failed: the connection was closed")
-    return tls_transport, holding
 
 
 def _seen(task: asyncio.Task[asyncio.BaseTransport | None]) -> None:
@@ -226,10 +256,8 @@ async def open_connection(handler: LineHandler, transport: asyncio.Transport,
     has named the client, before anything of the client's is served.
     """
     transport.resume_reading()  # paused if it waited for its turn under the cap
-    address = handler.peer_address
-    peer = format_sockaddr(address)
     if context is not None:
-        handler.client = address  # a TLS transport forgets it once closed
+        handler.client = handler.peer_address  # a TLS transport forgets it once closed
     try:
         header = await asyncio.wait_for(opening.header, HEADER_TIMEOUT)
         if opening.lost:
@@ -243,15 +271,13 @@ async def open_connection(handler: LineHandler, transport: asyncio.Transport,
         if context is not None:
             if opening.ended:
                 raise PreambleFailed("TLS handshake failed: the client closed the connection")
-            tls_transport, holding = await start_tls(transport, context, opening)
+            await start_tls(transport, context, opening, handler)
+            return True
     except TimeoutError:
-        return _failed(handler, transport, peer, PreambleFailed(
+        return _failed(handler, transport, PreambleFailed(
             f"no PROXY header within {HEADER_TIMEOUT:g} s", logging.INFO))
     except PreambleFailed as error:
-        return _failed(handler, transport, peer, error)
-    if context is not None:
-        holding.hand_to(handler, tls_transport)
-        return True
+        return _failed(handler, transport, error)
     transport.set_protocol(handler)
     handler.connection_made(transport)
     received = opening.take()
@@ -265,9 +291,8 @@ async def open_connection(handler: LineHandler, transport: asyncio.Transport,
     return True
 
 
-def _failed(handler: LineHandler, transport: asyncio.Transport, peer: str,
-            why: PreambleFailed) -> bool:
-    log.log(why.level, "closing connection from %s: %s", peer, why)
+def _failed(handler: LineHandler, transport: asyncio.Transport, why: PreambleFailed) -> bool:
+    log.log(why.level, "closing connection from %s: %s", handler.peer, why)
     transport.abort()
     handler.connection_lost(None)
     return False

@@ -235,5 +235,5 @@ def test_sockets_passed_but_not_served_are_named_on_stderr(reverserd) -> None:
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
     assert reverserd_errors(process.stderr()) == [
-        "reverserd: not serving the 1 socket(s) systemd passed: --port or --interface says "
-        "where to listen (--listen systemd:index=N serves one)"]
+        f"reverserd: not serving the socket(s) systemd passed: 0 (unknown, 127.0.0.1:{port}); "
+        "--port or --interface says where to listen (--listen systemd:index=N serves one)"]

@@ -391,3 +391,34 @@ def test_clients_reset_during_the_handshake_free_their_slots(
     process.signal(signal.SIGTERM)
     assert process.wait() == 0  # no connection left to wait for
     assert not [line for line in process.log if " ERROR " in line or "Traceback" in line]
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_client_that_sends_and_closes_at_once_is_answered(
+        reverserd, certificate: Certificate, loop: str) -> None:
+    """socat, ``echo | openssl s_client`` and a balancer passing such a client on all
+    send their lines and end the connection in one go; the replies must still reach them,
+    and the slot be freed (a cap of 1 would otherwise lock the next client out)."""
+    process = reverserd("--foreground", "--loop", loop, "--max-connections", "1",
+                        "--listen", ssl_description(certificate.key, certificate.cert),
+                        "--listen", "haproxy:" + ssl_description(certificate.key,
+                                                                 certificate.cert))
+    port = int(process.wait_for_log(TLS_LISTENING).group(1))
+    proxied = int(process.wait_for_log(r"listening on proxied tls 127\.0\.0\.1:(\d+)$").group(1))
+    for _ in range(3):
+        result = subprocess.run([shutil.which("socat") or "socat", "-",
+                                 f"OPENSSL:127.0.0.1:{port},verify=0"], input=b"hello\n",
+                                capture_output=True, timeout=DEADLINE, check=False)
+        assert result.stdout == b"olleh\n", result
+        raw = socket.create_connection(("127.0.0.1", proxied), timeout=DEADLINE)
+        raw.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 2323\r\n")
+        with client_context(certificate).wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(b"behind\n")
+            # The end of its stream, as a balancer passes a client's on: a FIN under
+            # the TLS layer (SSLSocket.shutdown would drop the TLS layer itself).
+            with socket.socket(fileno=os.dup(sock.fileno())) as same_connection:
+                same_connection.shutdown(socket.SHUT_WR)
+            assert receive_until_closed(sock) == b"dniheb\n"
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert not [line for line in process.log if " ERROR " in line or "WARNING asyncio" in line]
