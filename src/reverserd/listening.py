@@ -395,6 +395,9 @@ class ListeningService(Service):
             opening = preambles.Opening(transport, self.endpoint.proxied)
             transport.set_protocol(opening)
             handler.transport = transport
+            # Kept now: uvloop looks it up only when asked, a TLS transport forgets it
+            # once closed, and a PROXY header replaces it with the client's.
+            handler.client = handler.peer_address
         else:
             transport.set_protocol(handler)
         streams.connection_lost(None)

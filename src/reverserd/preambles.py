@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 from reverserd.endpoints import TLS_HANDSHAKE_TIMEOUT
+from reverserd.errors import os_reason
 from reverserd.protocol import LineHandler
 from reverserd.proxy_header import MAX_HEADER_BYTES, ProxyHeader, ProxyHeaderError, parse
 
@@ -239,8 +240,13 @@ def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
 
 
 def _reason(error: BaseException) -> str:
+    """One phrase, the same whichever loop raised it (some raise without a message)."""
     if isinstance(error, ssl.SSLError) and error.reason:
         return error.reason.lower().replace("_", " ")
+    if isinstance(error, OSError) and error.errno:
+        return os_reason(error)
+    if isinstance(error, ConnectionResetError):
+        return "connection reset by peer"
     return str(error) or type(error).__name__
 
 
@@ -256,8 +262,6 @@ async def open_connection(handler: LineHandler, transport: asyncio.Transport,
     has named the client, before anything of the client's is served.
     """
     transport.resume_reading()  # paused if it waited for its turn under the cap
-    if context is not None:
-        handler.client = handler.peer_address  # a TLS transport forgets it once closed
     try:
         header = await asyncio.wait_for(opening.header, HEADER_TIMEOUT)
         if opening.lost:
