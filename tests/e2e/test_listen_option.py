@@ -328,15 +328,21 @@ def test_a_config_file_listen_list_with_a_path_relative_to_the_file(
     assert not (etc / "sock").exists()
 
 
-def test_a_daemon_with_two_listeners_lists_both_in_status(daemons) -> None:
-    path = daemons.path / "daemon.sock"
-    started = daemons.run("start", "--listen", "tcp:0", "--listen", f"unix:{path}")
+def start_daemon(daemons, *args: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``reverserd start ARGS``, checked to have started; its output and pid (killed at
+    teardown if the test fails)."""
+    started = daemons.run("start", *args)
     found = STARTED_PID.search(started.stdout)
-    if found:  # killed at teardown if the test fails
+    if found:
         daemons.pids.add(int(found.group(1)))
     assert started.returncode == 0, started
     assert found, started
-    pid = int(found.group(1))
+    return started, int(found.group(1))
+
+
+def test_a_daemon_with_two_listeners_lists_both_in_status(daemons) -> None:
+    path = daemons.path / "daemon.sock"
+    started, pid = start_daemon(daemons, "--listen", "tcp:0", "--listen", f"unix:{path}")
     tcp = TCP.search(started.stdout)
     assert tcp, started
     port = int(tcp.group(1))
@@ -359,11 +365,7 @@ def test_a_daemon_with_two_listeners_lists_both_in_status(daemons) -> None:
 
 def test_start_names_listeners_whose_labels_hold_spaces(daemons) -> None:
     path = daemons.path / "with space.sock"
-    started = daemons.run("start", "--listen", "haproxy:tcp:0", "--listen", f"unix:{path}")
-    found = STARTED_PID.search(started.stdout)
-    if found:  # killed at teardown if the test fails
-        daemons.pids.add(int(found.group(1)))
-    assert started.returncode == 0, started
+    started, _ = start_daemon(daemons, "--listen", "haproxy:tcp:0", "--listen", f"unix:{path}")
     assert re.search(rf"listening on proxied 127\.0\.0\.1:\d+, unix:{re.escape(str(path))}$",
                      started.stdout.strip()), started.stdout
     assert daemons.stop().returncode == 0

@@ -366,6 +366,19 @@ def test_an_extra_certificate_chain_is_sent_after_the_certificate(
     assert sent == expected, result.stdout
 
 
+def tls_and_proxied_tls(reverserd, certificate: Certificate, loop: str,
+                        cap: int) -> tuple[ReverserdProcess, int, int]:
+    """A server with a TLS listener and one behind a balancer, under a cap of ``cap``
+    connections (so a slot a connection kept would show); both ports."""
+    process = reverserd("--foreground", "--loop", loop, "--max-connections", str(cap),
+                        "--listen", ssl_description(certificate.key, certificate.cert),
+                        "--listen", "haproxy:" + ssl_description(certificate.key,
+                                                                 certificate.cert))
+    port = int(process.wait_for_log(TLS_LISTENING).group(1))
+    proxied = int(process.wait_for_log(r"listening on proxied tls 127\.0\.0\.1:(\d+)$").group(1))
+    return process, port, proxied
+
+
 def reset_mid_hello(port: int, header: bytes = b"") -> None:
     """Half a ClientHello, then a reset: the connection is gone before its handshake is."""
     with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as sock:
@@ -376,12 +389,7 @@ def reset_mid_hello(port: int, header: bytes = b"") -> None:
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_clients_reset_during_the_handshake_free_their_slots(
         reverserd, certificate: Certificate, loop: str) -> None:
-    process = reverserd("--foreground", "--loop", loop, "--max-connections", "2",
-                        "--listen", ssl_description(certificate.key, certificate.cert),
-                        "--listen", "haproxy:" + ssl_description(certificate.key,
-                                                                 certificate.cert))
-    port = int(process.wait_for_log(TLS_LISTENING).group(1))
-    proxied = int(process.wait_for_log(r"listening on proxied tls 127\.0\.0\.1:(\d+)$").group(1))
+    process, port, proxied = tls_and_proxied_tls(reverserd, certificate, loop, cap=2)
     for _ in range(3):  # more than the cap, were any of them kept
         reset_mid_hello(port)
         reset_mid_hello(proxied, b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 2323\r\n")
@@ -399,12 +407,7 @@ def test_a_client_that_sends_and_closes_at_once_is_answered(
     """socat, ``echo | openssl s_client`` and a balancer passing such a client on all
     send their lines and end the connection in one go; the replies must still reach them,
     and the slot be freed (a cap of 1 would otherwise lock the next client out)."""
-    process = reverserd("--foreground", "--loop", loop, "--max-connections", "1",
-                        "--listen", ssl_description(certificate.key, certificate.cert),
-                        "--listen", "haproxy:" + ssl_description(certificate.key,
-                                                                 certificate.cert))
-    port = int(process.wait_for_log(TLS_LISTENING).group(1))
-    proxied = int(process.wait_for_log(r"listening on proxied tls 127\.0\.0\.1:(\d+)$").group(1))
+    process, port, proxied = tls_and_proxied_tls(reverserd, certificate, loop, cap=1)
     for _ in range(3):
         result = subprocess.run([shutil.which("socat") or "socat", "-",
                                  f"OPENSSL:127.0.0.1:{port},verify=0"], input=b"hello\n",
