@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import pathlib
 import socket
+import ssl
 import stat
 
 import pytest
 
-from reverserd.endpoints import SystemdEndpoint, TCPEndpoint, UnixEndpoint
+from reverserd.endpoints import SystemdEndpoint, TCPEndpoint, TLSEndpoint, UnixEndpoint
 from reverserd.errors import UserError
+from tests.e2e.certificates import make_certificate
 
 
 def test_a_unix_socket_gets_exactly_its_mode_whatever_the_umask(tmp_path: pathlib.Path) -> None:
@@ -83,3 +85,14 @@ def test_an_inherited_socket_keeps_the_queue_length_its_supervisor_chose() -> No
 def test_systemd_without_inherited_sockets_says_so() -> None:
     with pytest.raises(UserError, match="no socket was passed to this process"):
         SystemdEndpoint(index=0).bind(8, reuse_port=False)
+
+
+def test_tls_takes_1_2_or_later_in_the_server_s_cipher_order(tmp_path: pathlib.Path) -> None:
+    certificate = make_certificate(tmp_path)
+    endpoint = TLSEndpoint(TCPEndpoint(0), certificate.key, certificate.cert)
+    with endpoint.bind(8, reuse_port=False):
+        context = endpoint.tls_context()
+    assert context is not None
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+    assert context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert context.options & ssl.OP_NO_COMPRESSION

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 import runpy
 import sys
+from typing import Any
 
 from reverserd.config import Config
 from reverserd.errors import UserError
@@ -21,17 +22,12 @@ def reverser_application(config: Config) -> Application:
     """The application ``reverserd`` runs when given no file: the reverser on
     every ``--listen`` endpoint, else on ``--port``."""
     application = Application(BUILT_IN_NAME)
-    if not config.listen:
-        server = TCPServer(config.port, Reverser, config.interface, backlog=config.backlog,
-                           max_line_length=config.max_line_length,
-                           shutdown_timeout=config.shutdown_timeout)
-        server.name = "reverser"
-        server.set_service_parent(application)
-        return application
-    for number, endpoint in enumerate(config.listen, 1):
-        listener = ListeningService(endpoint, Reverser, config.backlog,
-                                    max_line_length=config.max_line_length,
-                                    shutdown_timeout=config.shutdown_timeout)
+    options: dict[str, Any] = {"max_line_length": config.max_line_length,
+                               "shutdown_timeout": config.shutdown_timeout}
+    listeners = [ListeningService(endpoint, Reverser, config.backlog, **options)
+                 for endpoint in config.listen] or [
+        TCPServer(config.port, Reverser, config.interface, config.backlog, **options)]
+    for number, listener in enumerate(listeners, 1):
         listener.name = "reverser" if number == 1 else f"reverser-{number}"
         listener.set_service_parent(application)
     return application

@@ -167,12 +167,21 @@ parse_write_timeout = Seconds(1)
 parse_worker_timeout = Seconds(1)
 
 
-def parse_umask(text: str) -> int:
-    """An octal file-creation mask such as 022 or 0o077."""
+def _octal_permissions(text: str, what: str) -> int:
     digits = text.removeprefix("0o")
     if not digits or not set(digits) <= set("01234567") or int(digits, 8) > 0o777:
-        raise ValueError(f"expected an octal mask from 000 to 777, got {quoted(text)}")
+        raise ValueError(f"expected an octal {what} from 000 to 777, got {quoted(text)}")
     return int(digits, 8)
+
+
+def parse_umask(text: str) -> int:
+    """An octal file-creation mask such as 022 or 0o077."""
+    return _octal_permissions(text, "mask")
+
+
+def parse_mode(text: str) -> int:
+    """An octal file mode such as 660 or 0o600."""
+    return _octal_permissions(text, "mode")
 
 
 def parse_workers(text: str) -> int:

@@ -15,14 +15,12 @@ import ipaddress
 import os
 import pathlib
 from collections.abc import Callable
+from typing import TypeVar
 
-from reverserd import activation
-from reverserd.config import parse_interface
+from reverserd import activation, config
 from reverserd.endpoints import (
     DEFAULT_UNIX_MODE,
     DOMAINS,
-    MAX_BACKLOG,
-    MAX_SOCKET_PATH_BYTES,
     Endpoint,
     ProxiedEndpoint,
     SystemdEndpoint,
@@ -32,6 +30,7 @@ from reverserd.endpoints import (
 )
 
 MAX_DESCRIPTION = 8192
+Value = TypeVar("Value")
 
 
 class DescriptionError(ValueError):
@@ -136,26 +135,31 @@ class _Arguments:
         text = self.take(key, required) if required else self.keyword(key)
         if text is None:
             return None
-        if not text or not text.isprintable() or len(os.fsencode(text)) > 4096:
-            raise ValueError(f"{key}: expected a path of 1 to 4096 bytes without control "
-                             "characters (a newline in it would forge log lines)")
-        return pathlib.Path(os.path.normpath(self.base / text))
+        if not text.isprintable():
+            raise ValueError(f"{key}: expected a path without control characters (a newline "
+                             "in it would forge log lines)")
+        return pathlib.Path(os.path.normpath(self.base / _checked(config.parse_path, key, text)))
+
+    def checked(self, parse: Callable[[str], Value], key: str, value: str | None) -> Value | None:
+        """``value`` (a keyword's or a positional one) through ``parse``, or ``None``."""
+        return None if value is None else _checked(parse, key, value)
 
 
-def _number(text: str | None, what: str, low: int, high: int) -> int | None:
-    if text is None:
-        return None
-    digits = text.lstrip("0") or "0"  # int() of thousands of digits is slow: length first
-    if not (text.isascii() and text.isdigit()) or len(digits) > len(str(high)) \
-            or not low <= int(digits) <= high:
-        raise ValueError(f"{what}: expected a number from {low} to {high}, got {text!r}")
-    return int(digits)
+def _checked(parse: Callable[[str], Value], key: str, text: str) -> Value:
+    """One argument through the command line's own validator, its message naming the key."""
+    try:
+        return parse(text)
+    except ValueError as error:
+        raise ValueError(f"{key}: {error}") from None
+
+
+parse_index = config.WholeNumber("an index", 0, activation.MAX_FDS - 1)
 
 
 def _interface(text: str | None, default: str, ipv6_only: bool) -> str:
     if text is None:
         return default
-    interface = parse_interface(text)
+    interface = _checked(config.parse_interface, "interface", text)
     if ipv6_only and ":" not in interface and _is_ip(interface):
         raise ValueError(f"interface: tcp6 listens on IPv6 only, got {text!r}")
     return interface
@@ -170,10 +174,10 @@ def _is_ip(text: str) -> bool:
 
 
 def _tcp(arguments: _Arguments, ipv6_only: bool = False) -> TCPEndpoint:
-    port = _number(arguments.take("port", required=True), "port", 0, 65535)
+    port = arguments.checked(config.parse_port, "port", arguments.take("port", required=True))
     interface = _interface(arguments.keyword("interface"), "::1" if ipv6_only else "127.0.0.1",
                            ipv6_only)
-    backlog = _number(arguments.keyword("backlog"), "backlog", 1, MAX_BACKLOG)
+    backlog = arguments.checked(config.parse_backlog, "backlog", arguments.keyword("backlog"))
     assert port is not None
     return TCPEndpoint(port, interface, backlog, ipv6_only)
 
@@ -193,20 +197,13 @@ def _tcp6(arguments: _Arguments) -> TCPEndpoint:
 def _unix(arguments: _Arguments) -> UnixEndpoint:
     path = arguments.path("address", required=True)
     assert path is not None
-    if len(os.fsencode(str(path))) > MAX_SOCKET_PATH_BYTES:
-        raise ValueError(f"a Unix socket path is at most {MAX_SOCKET_PATH_BYTES} bytes, "
+    if len(os.fsencode(str(path))) > config.MAX_SOCKET_PATH_BYTES:
+        raise ValueError(f"a Unix socket path is at most {config.MAX_SOCKET_PATH_BYTES} bytes, "
                          f"and {str(path)!r} is longer")
-    mode_text = arguments.keyword("mode")
-    mode = DEFAULT_UNIX_MODE
-    if mode_text is not None:
-        digits = mode_text.removeprefix("0o")
-        if not digits or len(digits) > 4 or not set(digits) <= set("01234567") \
-                or int(digits, 8) > 0o777:
-            raise ValueError(f"mode: expected an octal mode from 000 to 777, got {mode_text!r}")
-        mode = int(digits, 8)
-    backlog = _number(arguments.keyword("backlog"), "backlog", 1, MAX_BACKLOG)
+    mode = arguments.checked(config.parse_mode, "mode", arguments.keyword("mode"))
+    backlog = arguments.checked(config.parse_backlog, "backlog", arguments.keyword("backlog"))
     arguments.done()
-    return UnixEndpoint(path, mode, backlog)
+    return UnixEndpoint(path, DEFAULT_UNIX_MODE if mode is None else mode, backlog)
 
 
 def _ssl(arguments: _Arguments) -> TLSEndpoint:
@@ -221,7 +218,7 @@ def _ssl(arguments: _Arguments) -> TLSEndpoint:
 
 
 def _systemd(arguments: _Arguments) -> SystemdEndpoint:
-    index = _number(arguments.keyword("index"), "index", 0, activation.MAX_FDS - 1)
+    index = arguments.checked(parse_index, "index", arguments.keyword("index"))
     name = arguments.keyword("name")
     domain = arguments.keyword("domain")
     arguments.done()

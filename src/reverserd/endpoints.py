@@ -32,8 +32,6 @@ from reverserd.errors import UserError, os_reason
 
 log = logging.getLogger(__name__)
 
-MAX_SOCKET_PATH_BYTES = 107  # sun_path holds 108 bytes, the closing NUL included
-MAX_BACKLOG = 65535
 DEFAULT_UNIX_MODE = 0o660
 MAX_KEY_FILE_BYTES = 1024 * 1024
 TLS_HANDSHAKE_TIMEOUT = 10.0
@@ -94,6 +92,10 @@ class Endpoint:
         """Two endpoints with equal keys would listen on the same address."""
         return self.description
 
+    def with_port(self, port: int) -> Endpoint:
+        """The same endpoint on ``port``, what port 0 turned into (saved state)."""
+        return self
+
 
 @dataclasses.dataclass(frozen=True)
 class TCPEndpoint(Endpoint):
@@ -134,6 +136,9 @@ class TCPEndpoint(Endpoint):
         except ValueError:
             host = self.interface.lower()
         return ("tcp", host, self.port)
+
+    def with_port(self, port: int) -> TCPEndpoint:
+        return dataclasses.replace(self, port=port)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,6 +322,9 @@ class TLSEndpoint(Endpoint):
     def address_key(self) -> object:
         return self.tcp.address_key()
 
+    def with_port(self, port: int) -> Endpoint:
+        return dataclasses.replace(self, tcp=self.tcp.with_port(port))
+
 
 class _Encrypted(Exception):
     """The private key asks for a passphrase: no daemon can type one."""
@@ -428,6 +436,9 @@ class ProxiedEndpoint(Endpoint):
 
     def address_key(self) -> object:
         return self.inner.address_key()
+
+    def with_port(self, port: int) -> Endpoint:
+        return ProxiedEndpoint(self.inner.with_port(port))
 
 
 DOMAINS = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}

@@ -8,7 +8,6 @@ from a description, as Twisted's ``strports.service`` does.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import socket
@@ -16,7 +15,7 @@ import ssl
 from collections.abc import Iterator
 from typing import Any, Self, cast
 
-from reverserd import descriptions, endpoints, preambles
+from reverserd import descriptions, preambles
 from reverserd.config import MAX_LINE_LENGTH, parse_interface
 from reverserd.endpoints import Endpoint, TCPEndpoint
 from reverserd.errors import UserError
@@ -89,7 +88,7 @@ class ListeningService(Service):
         self._loop: asyncio.AbstractEventLoop | None = None  # set while serving
         self.policy: ConnectionPolicy | None = None  # the process's; a default one if unset
         self._connections: dict[LineHandler, asyncio.StreamWriter] = {}
-        self._opening: set[asyncio.Task[bool]] = set()  # PROXY headers, TLS handshakes
+        self._opening: set[asyncio.Task[None]] = set()  # PROXY headers, TLS handshakes
         self._all_closed: asyncio.Future[None] | None = None  # awaited while stopping
         self._lines_before = 0  # by connections now closed, and before a restore
         self._listened_port: int | None = None  # what port 0 turned into, kept after stop
@@ -112,23 +111,10 @@ class ListeningService(Service):
     def save_state(self) -> dict[str, Any]:
         """The description (with the port 0 turned into, so a restart from the
         state file comes back where clients knew it), settings and line count."""
-        return {
-            "listen": self._saved_endpoint().description,
-            **self._saved_settings(),
-        }
-
-    def _saved_endpoint(self) -> Endpoint:
         endpoint = self.endpoint
-        proxied = isinstance(endpoint, endpoints.ProxiedEndpoint)
-        inner = endpoint.inner if isinstance(endpoint, endpoints.ProxiedEndpoint) else endpoint
-        port = self._listened_port
-        if port is None:
-            return endpoint
-        if isinstance(inner, TCPEndpoint):
-            inner = dataclasses.replace(inner, port=port)
-        elif isinstance(inner, endpoints.TLSEndpoint):
-            inner = dataclasses.replace(inner, tcp=dataclasses.replace(inner.tcp, port=port))
-        return endpoints.ProxiedEndpoint(inner) if proxied else inner
+        if self._listened_port is not None:
+            endpoint = endpoint.with_port(self._listened_port)
+        return {"listen": endpoint.description, **self._saved_settings()}
 
     def _saved_settings(self) -> dict[str, Any]:
         handler = state_type(self.handler_class)
@@ -408,10 +394,10 @@ class ListeningService(Service):
         on_turn = None if opening is None else functools.partial(
             self._open, handler, transport, opening)
         if not self.policy.admit(handler, self._loop.time(), self, on_turn):
-            transport.close()
-            if opening is not None:
-                opening.abandon()
-                handler.connection_lost(None)
+            if opening is None:
+                transport.close()
+            else:
+                opening.drop(handler)
             return
         if on_turn is not None and not self.policy.waiting(handler):
             on_turn()
@@ -431,33 +417,27 @@ class ListeningService(Service):
             peer = handler.peer_address
             if peer is None:  # reset before it was looked at: nothing to serve
                 log.debug("closing connection from ?: gone before its PROXY header")
-                opening.abandon()
-                transport.abort()
-                handler.connection_lost(None)
+                opening.drop(handler)
                 return
             if not preambles.may_send_header(peer, self.policy.limits.proxy_from):
                 log.info("closing connection from %s: not an address --proxy-from allows to "
                          "send a PROXY header", handler.peer)
-                opening.abandon()
-                transport.abort()
-                handler.connection_lost(None)
+                opening.drop(handler)
                 return
         task = self._loop.create_task(self._opened(handler, transport, opening))
         self._opening.add(task)
         task.add_done_callback(self._opening.discard)
 
     async def _opened(self, handler: LineHandler, transport: asyncio.Transport,
-                      opening: preambles.Opening) -> bool:
+                      opening: preambles.Opening) -> None:
         assert self.policy is not None
         admit_client = self.policy.admit_peer if self.endpoint.proxied else None
         try:
-            return await preambles.open_connection(handler, transport, opening, self._tls,
-                                                   admit_client)
+            await preambles.open_connection(handler, transport, opening, self._tls,
+                                            admit_client)
         except Exception:  # a bug, not the client's doing: this connection only pays
             log.exception("cannot open the connection from %s", handler.peer)
-            transport.abort()
-            handler.connection_lost(None)
-            return False
+            opening.drop(handler)
 
     def _forget(self, handler: LineHandler) -> None:
         if self._connections.pop(handler, None) is None:

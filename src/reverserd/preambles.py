@@ -108,9 +108,13 @@ class Opening(asyncio.Protocol):
         if not self.header.done():
             self.header.set_exception(PreambleFailed(reason))
 
-    def abandon(self) -> None:
-        """The connection is closed before its preamble began: nobody awaits the header."""
-        self.header.cancel()
+    def drop(self, handler: LineHandler) -> None:
+        """Close the connection before ``handler`` took it, and tell the handler, so
+        its listener and the connection policy forget it."""
+        if not self.header.cancel() and not self.header.cancelled():
+            self.header.exception()  # a failure nobody will await: seen, not logged
+        self.transport.abort()
+        handler.connection_lost(None)
 
     def take(self) -> bytes:
         received, self.received = self.received, b""
@@ -250,38 +254,43 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+async def _header(opening: Opening) -> ProxyHeader | None:
+    try:
+        return await asyncio.wait_for(opening.header, HEADER_TIMEOUT)
+    except TimeoutError:
+        raise PreambleFailed(f"no PROXY header within {HEADER_TIMEOUT:g} s",
+                             logging.INFO) from None
+
+
 async def open_connection(handler: LineHandler, transport: asyncio.Transport,
                           opening: Opening, context: ssl.SSLContext | None,
-                          admit_client: Callable[[LineHandler], bool] | None = None) -> bool:
+                          admit_client: Callable[[LineHandler], bool] | None = None) -> None:
     """Take ``transport`` through its preamble and hand it to ``handler``.
 
-    ``False`` when the connection failed on the way; it is closed then,
-    with one log line (see ``PreambleFailed``), and the handler told its
-    connection is lost.
+    A connection that fails on the way is closed, with one log line (see
+    ``PreambleFailed``), and the handler told its connection is lost.
     ``admit_client`` (the per-peer limit) is asked once a PROXY header
     has named the client, before anything of the client's is served.
     """
     transport.resume_reading()  # paused if it waited for its turn under the cap
     try:
-        header = await asyncio.wait_for(opening.header, HEADER_TIMEOUT)
+        header = await _header(opening)
         if opening.lost:
             raise PreambleFailed("the connection was lost before it was served")
         if header is not None and header.source is not None:
             handler.client = header.source
         if admit_client is not None and not admit_client(handler):
-            transport.close()
-            handler.connection_lost(None)
-            return False
+            opening.drop(handler)
+            return
         if context is not None:
             if opening.ended:
                 raise PreambleFailed("TLS handshake failed: the client closed the connection")
             await start_tls(transport, context, opening, handler)
-            return True
-    except TimeoutError:
-        return _failed(handler, transport, PreambleFailed(
-            f"no PROXY header within {HEADER_TIMEOUT:g} s", logging.INFO))
+            return
     except PreambleFailed as error:
-        return _failed(handler, transport, error)
+        log.log(error.level, "closing connection from %s: %s", handler.peer, error)
+        opening.drop(handler)
+        return
     transport.set_protocol(handler)
     handler.connection_made(transport)
     received = opening.take()
@@ -292,11 +301,3 @@ async def open_connection(handler: LineHandler, transport: asyncio.Transport,
         transport.close()
     else:
         transport.resume_reading()
-    return True
-
-
-def _failed(handler: LineHandler, transport: asyncio.Transport, why: PreambleFailed) -> bool:
-    log.log(why.level, "closing connection from %s: %s", handler.peer, why)
-    transport.abort()
-    handler.connection_lost(None)
-    return False

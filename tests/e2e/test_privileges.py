@@ -8,6 +8,7 @@ import pathlib
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 
 from tests.e2e.daemons import STARTED, DaemonDirectory, is_alive, wait_until_dead
 from tests.e2e.support import (
+    DEADLINE,
     REVERSERD,
     connect,
     port_is_free,
@@ -311,3 +313,26 @@ def test_a_socket_file_the_account_cannot_remove_is_named_and_replaced_next_time
         process.wait_for_log(rf"WARNING .*cannot remove the socket file {path}: permission "
                              "denied")
         assert path.exists()
+
+
+@needs_root
+def test_a_unix_socket_outside_the_jail_is_bound_before_and_removed_after(
+        daemons: DaemonDirectory) -> None:
+    jail = daemons.path / "jail"
+    jail.mkdir()
+    outside = daemons.path / "public"
+    outside.mkdir()
+    path = outside / "r.sock"
+    started = daemons.run("start", "--chroot", str(jail), "--listen", f"unix:{path}")
+    assert started.returncode == 0, started
+    pid = int(started.stdout.split("pid ")[1].split(",")[0])
+    daemons.pids.add(pid)
+    assert os.readlink(f"/proc/{pid}/root") == str(jail)
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(DEADLINE)
+        client.connect(str(path))
+        client.sendall(b"jailed\nquit\n")
+        assert receive_until_closed(client) == b"deliaj\n"
+    daemons.stop()
+    wait_until_dead(pid)
+    assert list(outside.iterdir()) == []

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -28,6 +29,7 @@ from tests.e2e.support import (
     receive_until_closed,
     wait_until,
 )
+from tests.e2e.test_limits import listen_backlog
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
 NC = shutil.which("nc") or "/usr/bin/nc"
@@ -237,3 +239,23 @@ def test_sockets_passed_but_not_served_are_named_on_stderr(reverserd) -> None:
     assert reverserd_errors(process.stderr()) == [
         f"reverserd: not serving the socket(s) systemd passed: 0 (unknown, 127.0.0.1:{port}); "
         "--port or --interface says where to listen (--listen systemd:index=N serves one)"]
+
+
+def test_an_inherited_socket_keeps_the_queue_length_its_supervisor_chose(reverserd) -> None:
+    """asyncio calls listen() on the socket it serves; the supervisor's backlog is given
+    back, as the kernel shows it (ss's Send-Q)."""
+    launcher = (
+        "import os, socket, sys\n"
+        "sock = socket.socket()\n"
+        "sock.bind(('127.0.0.1', 0))\n"
+        "sock.listen(7)\n"
+        "print(sock.getsockname()[1], flush=True)\n"
+        "os.dup2(sock.fileno(), 3)\n"
+        "os.set_inheritable(3, True)\n"
+        "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid()))\n"
+        "os.execv(sys.argv[1], sys.argv[1:])\n")
+    process = reverserd("run", command=[sys.executable, "-c", launcher, REVERSERD])
+    port = int(process.wait_for_log(r"^(\d+)$").group(1))
+    process.wait_for_log(rf"listening on 127\.0\.0\.1:{port}$")
+    assert listen_backlog(port) == 7
+    assert exchange(port, b"kept\n") == b"tpek\n"

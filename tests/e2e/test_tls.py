@@ -425,3 +425,32 @@ def test_a_client_that_sends_and_closes_at_once_is_answered(
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
     assert not [line for line in process.log if " ERROR " in line or "WARNING asyncio" in line]
+
+
+def test_a_silent_client_loses_its_slot_at_the_handshake_deadline(
+        reverserd, certificate: Certificate) -> None:
+    """Under a cap of 1, a client that never starts its handshake would lock everyone
+    out; the 10 s deadline frees the slot, and the next client is served."""
+    process, port = start_tls(reverserd, ssl_description(certificate.key, certificate.cert),
+                              "--max-connections", "1")
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as silent:
+        started = time.monotonic()
+        process.wait_for_log("reached the cap of 1 connections")
+        with tls_connect(port, client_context(certificate), timeout=DEADLINE) as sock:
+            sock.sendall(b"next\nquit\n")
+            assert receive_until_closed(sock) == b"txen\n"
+            waited = time.monotonic() - started
+        silent.settimeout(DEADLINE)
+        assert silent.recv(100) == b""
+    assert 9 <= waited < DEADLINE, waited
+    process.wait_for_log(r"DEBUG .*closing connection from 127\.0\.0\.1:\d+: TLS handshake "
+                         r"failed")
+
+
+def test_an_over_long_line_over_tls_closes_the_connection_as_over_tcp(
+        reverserd, certificate: Certificate) -> None:
+    _, port = start_tls(reverserd, ssl_description(certificate.key, certificate.cert),
+                        "--max-line-length", "100")
+    with tls_connect(port, client_context(certificate)) as sock:
+        sock.sendall(b"short\n" + b"x" * 200 + b"\nnever answered\n")
+        assert receive_until_closed(sock) == b"trohs\n"
