@@ -239,7 +239,7 @@ def test_an_interface_is_accepted_or_refused_with_a_value_error(text: str) -> No
 
 
 @pytest.mark.parametrize("text", ["fe80::1%" + "x" * 64, "::1%", "fe80::1%a b",
-                                  "fe80::1%\x00", "1.2.3.4%lo"])
+                                  "fe80::1%\x00", "1.2.3.4%lo", "::%..", "::1%eth0."])
 def test_bad_scopes_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="expected an IP address or a host name"):
         config.parse_interface(text)

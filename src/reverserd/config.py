@@ -37,7 +37,9 @@ MAX_NAME_LENGTH = 255  # a user or group name
 MAX_SYSLOG_IDENT = 64
 MAX_HOST_NAME = 253
 MAX_HOST_LABEL = 63
-IPV6_SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # an interface name, or its index
+# An interface name (``eth0``, ``eth0.100``) or its index: 1 to 15 characters, dots only
+# between others (the kernel refuses "." and "..", and the resolver empty labels).
+IPV6_SCOPE = re.compile(r"(?=.{1,15}$)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*")
 HOST_LABEL = re.compile(rf"(?!-)[A-Za-z0-9-]{{1,{MAX_HOST_LABEL}}}(?<!-)")
 
 
