@@ -43,6 +43,10 @@ system-deps:
 	@bash scripts/apt-ensure openssl sh -c 'command -v openssl'
 	@bash scripts/apt-ensure haproxy sh -c 'command -v haproxy || test -x /usr/sbin/haproxy'
 	@bash scripts/apt-ensure systemd sh -c 'command -v systemd-socket-activate'
+	@bash scripts/apt-ensure runit sh -c 'command -v runsv && command -v sv && command -v svlogd'
+	@bash scripts/apt-ensure s6 sh -c 'command -v s6-supervise && command -v s6-svwait'
+	@bash scripts/apt-ensure supervisor sh -c 'command -v supervisord && command -v supervisorctl'
+	@bash scripts/apt-ensure logrotate sh -c 'command -v logrotate || test -x /usr/sbin/logrotate'
 
 $(BIN)/python:
 	@bash scripts/apt-ensure python3-venv $(PYTHON) -c 'import ensurepip, venv'

@@ -199,7 +199,7 @@ def test_the_example_is_valid_and_its_defaults_are_the_real_ones(
         tmp_path: pathlib.Path) -> None:
     settings = example_settings()
     example_only = {"python", "file", "pidfile", "rundir", "user", "group", "chroot",
-                    "logfile", "umask", "save"}
+                    "logfile", "umask", "save", "log-format"}
     defaults = "\n".join(f"{key} = {value}" for key, value in settings.items()
                          if key not in example_only | {"syslog", "no-save"})
     assert parse(tmp_path, defaults, "start") == parse(tmp_path, "", "start")

@@ -437,3 +437,43 @@ def test_emitting_to_a_failing_log_costs_no_more_than_to_a_healthy_one(
                "removed directory": cost(removed)}
     assert full.handler.lost >= 20000 and removed.handler.lost >= 20000
     print("\nµs per record:", ", ".join(f"{name} {value:.2f}" for name, value in figures.items()))
+
+
+def _record(level: int, message: str, exc_info: object = None) -> logging.LogRecord:
+    return logging.LogRecord("reverserd.x", level, __file__, 1, message, None,
+                             exc_info)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("level", "prefix"), [
+    (logging.CRITICAL, "<2>"), (logging.ERROR, "<3>"), (logging.WARNING, "<4>"),
+    (logging.INFO, "<6>"), (logging.DEBUG, "<7>")])
+def test_journal_lines_carry_sd_daemon_priorities(level: int, prefix: str) -> None:
+    line = logs.formatter("journal").format(_record(level, "hi"))
+    assert line == f"{prefix}{logging.getLevelName(level)} reverserd.x: hi"
+
+
+def test_every_line_of_a_journal_traceback_is_prefixed() -> None:
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        record = _record(logging.ERROR, "failed", sys.exc_info())
+    lines = logs.formatter("journal").format(record).split("\n")
+    assert len(lines) > 3 and all(line.startswith("<3>") for line in lines)
+    assert lines[-1] == "<3>ValueError: bad"
+
+
+def test_short_and_full_lines() -> None:
+    record = _record(logging.INFO, "hi")
+    assert logs.formatter("short").format(record) == "INFO reverserd.x: hi"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+[+-]\d\d:\d\d INFO reverserd.x: hi",
+                        logs.formatter("full").format(record))
+
+
+def test_journal_stream_names_a_descriptor(tmp_path: pathlib.Path) -> None:
+    with open(tmp_path / "out", "w") as out:
+        fd = out.fileno()
+        found = os.fstat(fd)
+        assert logs.is_journal_stream(fd, {"JOURNAL_STREAM": f"{found.st_dev}:{found.st_ino}"})
+        for value in (f"{found.st_dev}:{found.st_ino + 1}", "", "x:y", f"{found.st_dev}"):
+            assert not logs.is_journal_stream(fd, {"JOURNAL_STREAM": value})
+    assert not logs.is_journal_stream(fd, {"JOURNAL_STREAM": f"{found.st_dev}:{found.st_ino}"})

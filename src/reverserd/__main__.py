@@ -1,5 +1,5 @@
 """``python -m reverserd``: the same as the ``reverserd`` command."""
 
-from reverserd.cli import command
+from reverserd.entry import command
 
 command()

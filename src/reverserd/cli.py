@@ -21,6 +21,7 @@ from reverserd import (
     descriptions,
     endpoints,
     loops,
+    signals,
 )
 from reverserd.errors import UsageError, UserError, os_reason
 from reverserd.logs import LEVELS
@@ -34,7 +35,7 @@ ACTIONS: dict[str, Callable[[config.Config], int]] = {
 }
 DAEMON_VERBS = ("start", "stop", "status", "restart")
 #: Options that make no sense in a config file: they choose what to do, not how.
-NOT_IN_CONFIG_FILE = frozenset({"help", "version", "config", "foreground"})
+NOT_IN_CONFIG_FILE = frozenset({"help", "version", "config", "foreground", "ready_fd", "json"})
 #: Options that exclude each other; a command-line one overrides the config file's.
 EXCLUSIVE = (("logfile", "syslog"),)
 REVERSER_OPTIONS = ("port", "interface", "listen", "backlog", "max_line_length",
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=_option_type(config.parse_path), metavar="FILE",
                         help="read options from this TOML file (keys: the long option "
                         "names); options given here override it")
+    parser.add_argument("--json", action="store_true",
+                        help="with status: one JSON object on stdout (keys: see README)")
     _add_application_options(parser)
     _add_reverser_options(parser, defaults)
     _add_daemon_options(parser, defaults)
@@ -190,6 +193,9 @@ def _add_daemon_options(parser: argparse.ArgumentParser, defaults: config.Config
     _add_number(group, "--stop-timeout", parse=config.parse_stop_timeout,
                 default=defaults.stop_timeout, metavar="SECONDS",
                 help="how long stop waits after SIGTERM before SIGKILL")
+    group.add_argument("--ready-fd", type=_option_type(config.parse_ready_fd), metavar="FD",
+                       help="once every listener serves, write a newline to this open "
+                       "descriptor and close it (s6's notification-fd; 3 or above)")
 
 
 def _add_account_options(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +218,12 @@ def _add_log_options(parser: argparse.ArgumentParser, defaults: config.Config) -
     group.add_argument("--log-level", type=_option_type(config.parse_log_level),
                        default=defaults.log_level, metavar="LEVEL",
                        help=f"one of {', '.join(LEVELS)} (default: %(default)s)")
+    group.add_argument("--log-format", type=_option_type(config.parse_log_format),
+                       metavar="FORMAT",
+                       help="full: with a timestamp; short: without (for svlogd, s6-log "
+                       "and multilog, which stamp lines themselves); journal: "
+                       "short, led by sd-daemon priorities such as <6> (default: full, "
+                       "journal when stdout goes to systemd's journal; syslog has its own)")
     destination = group.add_mutually_exclusive_group()
     destination.add_argument("-l", "--logfile", type=_option_type(config.parse_path),
                              metavar="PATH",
@@ -376,6 +388,10 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config
     if verb is None:
         build_parser().print_usage(sys.stderr)
         raise UsageError(f"give a verb ({', '.join(ACTIONS)}) or --foreground")
+    if options.json and verb != "status":
+        raise UsageError("--json goes with status")
+    if options.ready_fd is not None and verb not in SERVING_VERBS:
+        raise UsageError(f"--ready-fd goes with {', '.join(SERVING_VERBS)}, not {verb}")
     logfile = options.logfile
     if logfile == STDOUT:
         if verb != "run":
@@ -393,6 +409,7 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config
         max_line_length=options.max_line_length,
         shutdown_timeout=options.shutdown_timeout,
         log_level=options.log_level,
+        log_format=options.log_format,
         application_file=options.application_file,
         state_file=_absolute(options.state_file),
         save=options.save,
@@ -418,6 +435,8 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config
         max_connections_per_peer=options.max_connections_per_peer,
         idle_timeout=options.idle_timeout,
         write_timeout=options.write_timeout,
+        ready_fd=options.ready_fd,
+        json=options.json,
     )
 
 
@@ -470,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     try:
         verb, settings = parse_command(argv)
+        if verb != "run":
+            signals.release()  # held only for a process that will serve in the foreground
         return ACTIONS[verb](settings)
     except UserError as error:
         print(f"reverserd: {error}", file=sys.stderr)

@@ -11,7 +11,8 @@ import re
 from typing import TYPE_CHECKING
 
 from reverserd import limits
-from reverserd.logs import LEVELS
+from reverserd.logs import LEVELS, LOG_FORMATS
+from reverserd.notify import check_ready_fd
 from reverserd.persist import MAX_ID, quoted
 from reverserd.protocol import DEFAULT_MAX_LINE_LENGTH
 
@@ -26,6 +27,7 @@ DEFAULT_PIDFILE = "reverserd.pid"
 DEFAULT_LOGFILE_NAME = "reverserd.log"
 DEFAULT_UMASK = 0o077
 MAX_WORKERS = 256
+MAX_DESCRIPTOR = 2**20  # Linux's largest nr_open
 # What each option may be: ranges wide enough for any real use, narrow enough
 # that no value can overflow a system call, a timer or memory.
 MAX_LINE_LENGTH = 16 * 1024 * 1024
@@ -58,6 +60,7 @@ class Config:
     max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     shutdown_timeout: float = limits.DEFAULT_SHUTDOWN_TIMEOUT
     log_level: str = "info"
+    log_format: str | None = None  # None: full, or journal when stdout is the journal
     application_file: pathlib.Path | None = None
     state_file: pathlib.Path | None = None
     save: bool | None = None
@@ -83,6 +86,8 @@ class Config:
     max_connections_per_peer: int = limits.DEFAULT_MAX_CONNECTIONS_PER_PEER
     idle_timeout: float = limits.DEFAULT_IDLE_TIMEOUT
     write_timeout: float = limits.DEFAULT_WRITE_TIMEOUT
+    ready_fd: int | None = None
+    json: bool = False  # status: as one JSON object
 
     @property
     def saves_state(self) -> bool:
@@ -167,6 +172,21 @@ parse_stop_timeout = Seconds(0)
 parse_idle_timeout = Seconds(1, zero_is_off=True)
 parse_write_timeout = Seconds(1)
 parse_worker_timeout = Seconds(1)
+_parse_descriptor = WholeNumber("a file descriptor number", 3, MAX_DESCRIPTOR)
+
+
+def parse_ready_fd(text: str) -> int:
+    """A descriptor the supervisor opened for writing; 0 to 2 are the
+    standard streams, never a readiness channel."""
+    fd = _parse_descriptor(text)
+    check_ready_fd(fd)
+    return fd
+
+
+def parse_log_format(text: str) -> str:
+    if text not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {quoted(text)}")
+    return text
 
 
 def _octal_permissions(text: str, what: str) -> int:

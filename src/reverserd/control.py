@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from reverserd import detach, launch, logs, loops, privileges, runner
+from reverserd import detach, launch, logs, loops, notify, privileges, signals, status_report
 from reverserd.config import DEFAULT_UMASK, Config
 from reverserd.errors import UserError, os_reason
 from reverserd.pidfile import (
@@ -34,6 +34,7 @@ from reverserd.pidfile import (
     Process,
     RunFiles,
     RunLock,
+    describe_stale_pid,
     find_process,
     holds_open,
     inspect,
@@ -41,6 +42,7 @@ from reverserd.pidfile import (
     read_state,
 )
 from reverserd.privileges import Account
+from reverserd.status_report import Survey
 
 STATUS_RUNNING = 0
 STATUS_DEAD = 1
@@ -63,6 +65,7 @@ def warn(message: str) -> None:
 def start(config: Config) -> int:
     """Detach a daemon and return once it serves, or say why it could not."""
     loop = loops.loop_factory(config.loop)
+    supervision = notify.Supervision.from_environment(config.ready_fd)
     jail = launch.plan_jail(config)
     rundir = launch.run_directory(config)
     _check_run_directory(rundir)
@@ -79,8 +82,9 @@ def start(config: Config) -> int:
         return 0
     try:
         _remove_stale_files(claimed)
-        logs.install(_open_daemon_log(config, account), config.log_level)
-        prepared = launch.prepare(config, claimed, jail, loop)
+        logs.install(_open_daemon_log(config, account), config.log_level,
+                     config.log_format or "full")
+        prepared = launch.prepare(config, claimed, jail, loop, supervision)
         spawned = detach.spawn(
             lambda reporter: _serve_as_daemon(prepared, claimed, reporter),
             detach.Detachment(rundir, umask,
@@ -93,6 +97,7 @@ def start(config: Config) -> int:
         raise
     claimed.lock.close()
     prepared.close()
+    supervision.close()  # the daemon has its own copies
     return _report_start(files, detach.await_report(spawned, config.start_timeout),
                          config)
 
@@ -143,7 +148,7 @@ def stop(config: Config) -> int:
     files = _run_files(config, privileges.resolve(config.user, config.group))
     found = _inspect(files)
     if found.liveness is Liveness.ABSENT:
-        say("is not running")
+        say(f"is not running (no pidfile at {files.pidfile})")
         return 0
     if found.liveness is Liveness.STALE:
         lock = RunLock.try_acquire(files.lock, files.owners)
@@ -298,25 +303,47 @@ def _remove_files_left_behind(files: RunFiles) -> None:
 
 
 def status(config: Config) -> int:
-    """Say whether the daemon runs, and what it says about itself if it does."""
+    """Say whether the daemon runs, and what it says about itself if it does:
+    as lines for a person, or with ``--json`` as one object for a program."""
     try:
-        return _status(_run_files(config, privileges.resolve(config.user, config.group)))
+        survey = _survey(_run_files(config, privileges.resolve(config.user, config.group)))
     except UserError as error:
-        say(f"status unknown: {error}")
-        return STATUS_UNKNOWN
+        survey = Survey("unknown", STATUS_UNKNOWN, config.pidfile, detail=str(error))
+    if config.json:
+        print(status_report.to_json(survey), flush=True)
+    else:
+        _say_status(survey)
+    return survey.exit_status
 
 
-def _status(files: RunFiles) -> int:
+def _survey(files: RunFiles) -> Survey:
     try:
         found = inspect(files)
     except OSError as error:
-        say(f"status unknown: {os_reason(error)} ({files.pidfile})")
-        return STATUS_UNKNOWN
+        return Survey("unknown", STATUS_UNKNOWN, files.pidfile,
+                      detail=f"{os_reason(error)} ({files.pidfile})")
     if found.liveness is Liveness.STOPPING and found.state is not None:
-        say(f"stopping: pid {found.pid}{_listening(found.state.addresses)}")
-        return STATUS_RUNNING
-    if found.liveness is Liveness.RUNNING and found.state is not None:
-        state = _fresh_state(files, found.state)
+        return Survey("running", STATUS_RUNNING, files.pidfile, found.pid, found.state,
+                      stopping=True)
+    if found.liveness is Liveness.RUNNING:
+        state = None if found.state is None else _fresh_state(files, found.state)
+        return Survey("running", STATUS_RUNNING, files.pidfile, found.pid, state,
+                      detail=found.ignored)
+    if found.liveness is Liveness.STARTING:
+        return Survey("starting", STATUS_RUNNING, files.pidfile, found.pid)
+    if found.liveness is Liveness.STALE:
+        return Survey("dead", STATUS_DEAD, files.pidfile, found.pid,
+                      detail=describe_stale_pid(found.pid))
+    return Survey("stopped", STATUS_NOT_RUNNING, files.pidfile)
+
+
+def _say_status(survey: Survey) -> None:
+    state = survey.daemon
+    if survey.state == "unknown":
+        say(f"status unknown: {survey.detail}")
+    elif survey.stopping and state is not None:
+        say(f"stopping: pid {survey.pid}{_listening(state.addresses)}")
+    elif survey.state == "running" and state is not None:
         say(f"running: pid {state.pid}{_listening(state.addresses)}, "
             f"up {format_duration(state.uptime())}, {count(state.lines_served, 'line')} served")
         limits = _limits(state)
@@ -327,18 +354,14 @@ def _status(files: RunFiles) -> int:
             last = f", last: {worker.last_exit}" if worker.last_exit else ""
             say(f"worker {worker.number}: pid {worker.pid}, "
                 f"up {format_duration(max(0.0, time.time() - worker.started))}{restarts}{last}")
-        return STATUS_RUNNING
-    if found.liveness is Liveness.RUNNING:
-        say(f"running: pid {found.pid} ({found.ignored})")
-        return STATUS_RUNNING
-    if found.liveness is Liveness.STARTING:
-        say(f"starting: pid {found.pid or '?'}")
-        return STATUS_RUNNING
-    if found.liveness is Liveness.STALE:
-        say(f"dead, stale pidfile (pid {found.pid or '?'})")
-        return STATUS_DEAD
-    say("not running")
-    return STATUS_NOT_RUNNING
+    elif survey.state == "running":
+        say(f"running: pid {survey.pid} ({survey.detail})")
+    elif survey.state == "starting":
+        say(f"starting: pid {survey.pid or '?'}")
+    elif survey.state == "dead":
+        say(f"dead, stale pidfile (pid {survey.pid or '?'})")
+    else:
+        say(f"not running (no pidfile at {survey.pidfile})")
 
 
 def _limits(state: DaemonState) -> str:
@@ -358,7 +381,7 @@ def _fresh_state(files: RunFiles, state: DaemonState) -> DaemonState:
     if daemon is None:
         return state
     try:
-        if not _send(daemon, runner.REFRESH_SIGNAL,
+        if not _send(daemon, signals.REFRESH_SIGNAL,
                      lambda: holds_open(state.pid, files.lock) is True):
             return state
     except UserError:
@@ -403,6 +426,7 @@ def restart(config: Config) -> int:
 def run_foreground(config: Config) -> int:
     """Serve attached to the terminal; the pidfile only when one is asked for."""
     loop = loops.loop_factory(config.loop)
+    supervision = notify.Supervision.from_environment(config.ready_fd)
     jail = launch.plan_jail(config)
     if config.rundir is not None:
         _check_run_directory(config.rundir)
@@ -422,8 +446,9 @@ def run_foreground(config: Config) -> int:
     try:
         if claim is not None:
             _remove_stale_files(claim)
-        logs.install(_open_foreground_log(config, account), config.log_level)
-        prepared = launch.prepare(config, claim, jail, loop)
+        handler, log_format = _open_foreground_log(config, account)
+        logs.install(handler, config.log_level, log_format)
+        prepared = launch.prepare(config, claim, jail, loop, supervision)
         if config.rundir is not None:
             os.chdir(config.rundir)
         prepared.enter(claim)
@@ -528,7 +553,11 @@ def _open_daemon_log(config: Config, account: Account | None) -> logging.Handler
                               allowed_owners=owners.uids)
 
 
-def _open_foreground_log(config: Config, account: Account | None) -> logging.Handler:
+def _open_foreground_log(config: Config, account: Account | None,
+                         ) -> tuple[logging.Handler, str]:
+    """The log's handler and layout: by default ``full``, but ``journal``
+    when stdout goes to systemd's journal, which stamps lines itself."""
     if config.syslog or config.logfile is not None:
-        return _open_daemon_log(config, account)
-    return logs.open_stdout()
+        return _open_daemon_log(config, account), config.log_format or "full"
+    automatic = "journal" if logs.is_journal_stream(1) else "full"
+    return logs.open_stdout(), config.log_format or automatic

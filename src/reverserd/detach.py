@@ -31,7 +31,7 @@ from typing import IO
 import daemon
 
 from reverserd.errors import UserError
-from reverserd.runner import HANDLED_SIGNALS
+from reverserd.signals import hold as hold_signals
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def spawn(body: DaemonBody, how: Detachment) -> Spawned:
 
 
 def _become_daemon(body: DaemonBody, how: Detachment, reporter: Reporter) -> int:
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    hold_signals()
     try:
         context = daemon.DaemonContext(
             detach_process=True,

@@ -21,6 +21,7 @@ from reverserd.errors import UserError, os_reason
 from reverserd.jail import Jail
 from reverserd.listening import kept_fds, listening_services, release_all
 from reverserd.loops import LoopFactory
+from reverserd.notify import Supervision
 from reverserd.pidfile import Claim
 from reverserd.policy import Limits
 from reverserd.privileges import Account
@@ -54,6 +55,7 @@ class Launch:
     loop: tuple[str, LoopFactory]
     limits: Limits
     worker_timeout: float
+    supervision: Supervision
     worker_sockets: list[list[socket.socket]] | None = None
 
     def keep_fds(self) -> list[int]:
@@ -63,7 +65,7 @@ class Launch:
             fds.extend(sock.fileno() for sock in sockets)
         if self.state_directory is not None:
             fds.append(self.state_directory.fd)
-        return fds
+        return [*fds, *self.supervision.keep_fds()]
 
     def enter(self, claim: Claim | None) -> None:
         """Become the serving process: pidfile, name, chroot, account."""
@@ -84,9 +86,10 @@ class Launch:
         supervisor = None
         if self.worker_sockets is not None:
             supervisor = workers.Supervisor(self.application, self.worker_sockets, claim,
-                                            self.loop[1], self.worker_timeout)
+                                            self.loop[1], self.worker_timeout,
+                                            self.supervision)
         runner.run(self.application, claim, on_ready, self.state_directory, self.loop,
-                   supervisor, self.limits)
+                   supervisor, self.limits, self.supervision)
 
     def close(self) -> None:
         if self.state_directory is not None:
@@ -99,7 +102,7 @@ def plan_jail(config: Config) -> Jail | None:
 
 
 def prepare(config: Config, claim: Claim | None, jail: Jail | None,
-            loop: tuple[str, LoopFactory]) -> Launch:
+            loop: tuple[str, LoopFactory], supervision: Supervision) -> Launch:
     """Load, check and bind, as the launcher; nothing serves yet."""
     app = application.load(config)
     account = privileges.resolve(app.uid if config.user is None else config.user,
@@ -133,7 +136,7 @@ def prepare(config: Config, claim: Claim | None, jail: Jail | None,
     limits = Limits(config.max_connections, config.max_connections_per_peer,
                     config.idle_timeout, config.write_timeout, config.proxy_from)
     return Launch(app, account, jail, state_directory, loop, limits, config.worker_timeout,
-                  worker_sockets)
+                  supervision, worker_sockets)
 
 
 def _hand_over_run_files(claim: Claim | None, account: Account) -> None:

@@ -33,7 +33,13 @@ from reverserd.errors import UserError, os_reason
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-SYSLOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+SHORT_FORMAT = "%(levelname)s %(name)s: %(message)s"  # the supervisor's logger stamps lines
+# full: today's lines; short: no timestamp; journal: short, each line led by its priority.
+LOG_FORMATS = ("full", "short", "journal")
+# sd-daemon(3)'s prefixes, which journald turns into each line's priority.
+JOURNAL_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+                      (logging.INFO, 6))
+JOURNAL_DEBUG = 7
 CHECK_INTERVAL = 1.0  # seconds between looks at the file under the log's name
 CREATE_MODE = 0o640  # before the umask: the log names clients, others need not read it
 OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY
@@ -55,6 +61,47 @@ class IsoFormatter(logging.Formatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return iso_time(record.created)
+
+
+class JournalFormatter(logging.Formatter):
+    """Lines for journald's stdout stream: ``<6>INFO name: message``.
+
+    Every line of a multi-line record (a traceback) carries the prefix,
+    since journald reads each line as an entry of its own.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(SHORT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((value for level, value in JOURNAL_PRIORITIES
+                         if record.levelno >= level), JOURNAL_DEBUG)
+        return "\n".join(f"<{priority}>{line}"
+                         for line in super().format(record).split("\n"))
+
+
+def formatter(log_format: str) -> logging.Formatter:
+    """The formatter of one of ``LOG_FORMATS``."""
+    if log_format == "journal":
+        return JournalFormatter()
+    if log_format == "short":
+        return logging.Formatter(SHORT_FORMAT)
+    return IsoFormatter(FORMAT)
+
+
+def is_journal_stream(fd: int, environ: dict[str, str] | None = None) -> bool:
+    """Whether ``fd`` is the stream systemd connected to the journal
+    (``JOURNAL_STREAM=device:inode``, see systemd.exec(5)): then journald
+    stamps each line, and reads a priority prefix."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if not (device.isascii() and device.isdigit() and inode.isascii() and inode.isdigit()):
+        return False
+    try:
+        found = os.fstat(fd)
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino) == (int(device), int(inode))
 
 
 class Refused(OSError):
@@ -445,7 +492,7 @@ def open_syslog(prefix: str, address: str) -> SyslogHandler:
         raise UserError(
             f"cannot reach the system logger at {address}: {os_reason(error)}"
         ) from None
-    handler.setFormatter(logging.Formatter(SYSLOG_FORMAT))
+    handler.setFormatter(logging.Formatter(SHORT_FORMAT))
     return handler
 
 
@@ -455,8 +502,11 @@ def open_stdout() -> logging.Handler:
     return handler
 
 
-def install(handler: logging.Handler, level: str) -> None:
-    """Send every log record at ``level`` or above to ``handler`` alone."""
+def install(handler: logging.Handler, level: str, log_format: str | None = None) -> None:
+    """Send every log record at ``level`` or above to ``handler`` alone, as
+    ``log_format`` lays them out (syslog keeps its own layout)."""
+    if log_format is not None and not isinstance(handler, SyslogHandler):
+        handler.setFormatter(formatter(log_format))
     root = logging.getLogger()
     for previous in root.handlers:
         if previous is not handler:

@@ -313,6 +313,16 @@ class WorkerState:
 
 
 @dataclasses.dataclass(frozen=True)
+class Activity:
+    """Connections open now and accepted so far, and connections whose
+    handler raised: what ``status`` reports beside the lines served."""
+
+    connections_open: int = 0
+    connections_accepted: int = 0
+    handler_errors: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class DaemonState:
     """What a serving daemon says about itself.
 
@@ -334,6 +344,7 @@ class DaemonState:
     closed: dict[str, int] = dataclasses.field(default_factory=dict)
     paused: int = 0
     stopping: bool = False
+    activity: Activity = Activity()
 
     def uptime(self) -> float:
         return max(0.0, time.time() - self.started)
@@ -365,7 +376,13 @@ def _state_from(fields: Any) -> DaemonState:
                        {_text(reason): int(number)
                         for reason, number in fields.get("closed", {}).items()},
                        int(fields.get("paused", 0)),
-                       fields.get("stopping", False) is True)
+                       fields.get("stopping", False) is True,
+                       _activity_from(fields.get("activity", {})))
+
+
+def _activity_from(fields: Any) -> Activity:
+    return Activity(*(int(fields.get(field.name, 0))
+                      for field in dataclasses.fields(Activity)))
 
 
 def _worker_from(fields: Any) -> WorkerState:
@@ -585,13 +602,14 @@ class Claim:
     def write_state(self, addresses: tuple[str, ...], lines_served: int,
                     workers: tuple[WorkerState, ...] = (),
                     closed: dict[str, int] | None = None, paused: int = 0,
-                    stopping: bool = False) -> None:
+                    stopping: bool = False, activity: Activity | None = None) -> None:
         """Say the daemon serves (first call) or refresh what it says."""
         now = time.time()
         if self._serving_since is None:
             self._serving_since = now
         state = DaemonState(os.getpid(), self._serving_since, addresses, lines_served, now,
-                            workers, dict(closed or {}), paused, stopping)
+                            workers, dict(closed or {}), paused, stopping,
+                            activity or Activity())
         self.directory.write_atomically(self.files.state.name, state.to_json())
 
     def release(self) -> None:

@@ -48,6 +48,7 @@ from reverserd.limits import (
     DEFAULT_PROXY_FROM,
     DEFAULT_WRITE_TIMEOUT,
 )
+from reverserd.pidfile import Activity
 
 if TYPE_CHECKING:
     from reverserd.listening import ListeningService
@@ -173,6 +174,8 @@ class ConnectionPolicy:
         self.limits = limits or Limits()
         self.max_connections = self.limits.max_connections
         self.open = 0
+        self.accepted = 0
+        self.handler_errors = 0
         self.closed: collections.Counter[str] = collections.Counter()
         self.pauses = 0
         self.accept_failures = AcceptFailures()
@@ -209,6 +212,7 @@ class ConnectionPolicy:
         transport = handler.transport
         assert transport is not None, "admitted once connected"
         self.open += 1
+        self.accepted += 1
         handler.watched_since(now)
         if self.open >= self.max_connections and not self.at_cap:
             self._pause(now)
@@ -263,6 +267,8 @@ class ConnectionPolicy:
                 del self._per_peer[key]
         if handler.close_reason is not None:
             self.closed[handler.close_reason] += 1
+        if handler.failed:
+            self.handler_errors += 1
         if self.at_cap and self.open < self.max_connections:
             self.at_cap = False
             self._episode_ended = now
@@ -346,3 +352,7 @@ class ConnectionPolicy:
     def counts(self) -> dict[str, int]:
         """Connections closed by a limit so far, by reason."""
         return {reason: self.closed[reason] for reason in CLOSE_REASONS if self.closed[reason]}
+
+    def activity(self) -> Activity:
+        return Activity(self.open, self.accepted, self.handler_errors)
+

@@ -109,6 +109,7 @@ class LineHandler(asyncio.Protocol):
         "_writing_paused",
         "client",
         "close_reason",
+        "failed",
         "lines_answered",
         "lines_unanswered",
         "on_closed",
@@ -132,6 +133,7 @@ class LineHandler(asyncio.Protocol):
         self.lines_unanswered = 0  # lines that got no reply: they still count as activity
         self.on_closed = on_closed
         self.close_reason: str | None = None  # the limit that closed it, if one did
+        self.failed = False  # its code raised: counted for status as a handler error
         self.peer_key: str | None = None  # the address counted against a per-peer limit
         self.client: object = None  # the client's address a PROXY header gave, if any
         self._limit = self.max_line_length if max_line_length is None else max_line_length
@@ -371,6 +373,7 @@ class LineHandler(asyncio.Protocol):
         except Exception:
             log.exception("handler %s failed on input from %s; closing that connection",
                           type(self).__name__, self.peer)
+            self.failed = True
             self._closing = True
         if replies:
             transport.write(b"".join(replies))

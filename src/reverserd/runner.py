@@ -21,6 +21,7 @@ from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
 from reverserd.listening import lines_served, listening_addresses, listening_services, release_all
 from reverserd.loops import LoopFactory
+from reverserd.notify import Supervision
 from reverserd.pidfile import Claim
 from reverserd.policy import (
     SWEEP_INTERVAL,
@@ -30,13 +31,10 @@ from reverserd.policy import (
     raise_descriptor_limit,
 )
 from reverserd.service import Application
+from reverserd.signals import HANDLED_SIGNALS, REFRESH_SIGNAL, REOPEN_SIGNALS, STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-REOPEN_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
-REFRESH_SIGNAL = signal.SIGUSR2
-HANDLED_SIGNALS = (*STOP_SIGNALS, *REOPEN_SIGNALS, REFRESH_SIGNAL)
 
 PYTHON_VERSION = "{}.{}.{}".format(*sys.version_info)  # what platform gives, without its import
 ReadyCallback = Callable[[tuple[str, ...]], None]
@@ -52,6 +50,15 @@ class Supervise(Protocol):
     def run(self, on_ready: ReadyCallback | None, limits: Limits) -> None: ...
 
 
+class Watchdog(Protocol):
+    """Pinged from the event loop while serving (systemd's ``WATCHDOG=1``)."""
+
+    @property
+    def watchdog_interval(self) -> float | None: ...
+
+    def ping(self) -> None: ...
+
+
 class ApplicationFailed(UserError):
     """The application raised while starting or stopping; the traceback is in the log."""
 
@@ -60,7 +67,8 @@ def run(application: Application, claim: Claim | None = None,
         on_ready: ReadyCallback | None = None,
         save_to: DirectoryHandle | None = None,
         loop: tuple[str, LoopFactory] = ("asyncio", asyncio.new_event_loop),
-        supervisor: Supervise | None = None, limits: Limits | None = None) -> None:
+        supervisor: Supervise | None = None, limits: Limits | None = None,
+        supervision: Supervision | None = None) -> None:
     """Serve ``application`` until SIGTERM or SIGINT, then stop it gracefully.
 
     ``claim``'s state file is written once the application serves, and
@@ -72,6 +80,11 @@ def run(application: Application, claim: Claim | None = None,
 
     The open-file limit is raised here, and the connection cap fitted to it,
     once for the whole daemon (workers inherit both).
+
+    ``supervision`` is told when serving starts and stops (systemd's
+    notifications, s6's readiness descriptor), before ``on_ready``: a
+    detached daemon's launcher exits at ``on_ready``, and systemd must know
+    the daemon's pid by then.
     """
     loop_name, loop_factory = loop
     log.info("reverserd %s starting: Python %s, pid %d, application %s, %s loop%s",
@@ -85,39 +98,52 @@ def run(application: Application, claim: Claim | None = None,
     policy = ConnectionPolicy(limits)
 
     stopping = False
+    supervision = supervision or Supervision()
+    announced = False
 
     def write_state() -> None:
         if claim is not None:
             claim.write_state(listening_addresses(application), lines_served(application),
-                              closed=policy.counts(), paused=policy.pauses, stopping=stopping)
+                              closed=policy.counts(), paused=policy.pauses, stopping=stopping,
+                              activity=policy.activity())
 
     def mark_stopping() -> None:
         nonlocal stopping
         stopping = True
+        supervision.stopping(f"stopping: {policy.open} connection"
+                             f"{'' if policy.open == 1 else 's'} open")
         try:
             write_state()
         except OSError as error:
             log.warning("cannot write the state file: %s", os_reason(error))
 
-    def announce(addresses: tuple[str, ...]) -> None:
-        write_state()
+    def ready(addresses: tuple[str, ...]) -> None:
+        nonlocal announced
+        announced = True
+        supervision.ready(addresses)
         if on_ready is not None:
             on_ready(addresses)
+
+    def announce(addresses: tuple[str, ...]) -> None:
+        write_state()
+        ready(addresses)
 
     try:
         logs.raise_if_unwritable()  # a daemon whose log takes nothing must not start
         if supervisor is not None:
-            supervisor.run(on_ready, limits)
+            supervisor.run(ready, limits)
         else:
             with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
                 loop_runner.run(serve(application, announce, write_state, policy,
-                                      on_stop=mark_stopping))
+                                      on_stop=mark_stopping, watchdog=supervision))
         if save_to is not None:
             _save(application, save_to)
     finally:
         release_all(application)
         if claim is not None:
             claim.release()
+        if announced:
+            supervision.status("stopped")
         log.info("stopped")
 
 
@@ -136,15 +162,26 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
                 on_refresh: Callable[[], None] | None = None,
                 policy: ConnectionPolicy | None = None,
                 on_tick: TickCallback | None = None,
-                on_stop: Callable[[], None] | None = None) -> None:
+                on_stop: Callable[[], None] | None = None,
+                watchdog: Watchdog | None = None,
+                stop_now_signal: int | None = None) -> None:
     """Start ``application``, wait for a stop signal, stop it gracefully.
 
     A second stop signal cancels the graceful stop: connections still busy
     are closed at once. SIGUSR2, once serving, calls ``on_refresh``. Every
     listener of the tree answers to ``policy``; once serving, about once a
     second, the policy sweeps the connections, the log checks its file,
-    and ``on_tick`` runs (a worker's heartbeat): all from the event loop, so
-    a stuck loop stops them all. ``on_stop`` runs when a graceful stop begins.
+    and ``on_tick`` runs (a worker's heartbeat); ``watchdog`` is pinged at
+    its own interval: all from the event loop, so a stuck loop stops them
+    all. ``on_stop`` runs when a graceful stop begins.
+
+    Signals that came while starting (held until now, see ``signals``)
+    are handled here, each once serving: a stop signal stops right after
+    ``on_ready``, a SIGUSR2 refreshes then.
+
+    With ``stop_now_signal`` (a worker's), only that signal cuts a graceful
+    stop short: a supervisor signalling the whole process group and the
+    main process passing the stop on are one request, not two.
     """
     loop = asyncio.get_running_loop()
     policy = policy or ConnectionPolicy()
@@ -152,6 +189,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         server.policy = policy
     loop.set_exception_handler(policy.on_loop_exception)
     ticking: asyncio.TimerHandle | None = None
+    pinging: asyncio.TimerHandle | None = None
 
     def tick() -> None:
         nonlocal ticking
@@ -161,38 +199,58 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         if on_tick is not None:
             on_tick()
 
+    def ping() -> None:
+        nonlocal pinging
+        assert watchdog is not None and watchdog.watchdog_interval is not None
+        pinging = loop.call_later(watchdog.watchdog_interval, ping)
+        watchdog.ping()
+
     stop_requested = asyncio.Event()
     stopping: asyncio.Task[None] | None = None
     forced = False
 
     def on_stop_signal(signum: int) -> None:
-        nonlocal forced
         name = signal.Signals(signum).name
         if not stop_requested.is_set():
-            log.info("received %s, stopping", name)
+            log.info("received %s, stopping%s", name,
+                     "" if serving.is_set() else " once started")
             stop_requested.set()
-            if on_stop is not None:
-                on_stop()
-        elif stopping is not None and not stopping.done():
-            log.warning("received %s again, stopping now", name)
+        elif stop_now_signal is None:
+            stop_now(f"{name} again")
+
+    def stop_now(what: str) -> None:
+        nonlocal forced
+        if stopping is not None and not stopping.done():
+            log.warning("received %s, stopping now", what)
             forced = True
             stopping.cancel()
 
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, on_stop_signal, signum)
+    if stop_now_signal is not None:
+        loop.add_signal_handler(stop_now_signal, stop_now, "the main process's order")
     for signum in REOPEN_SIGNALS:
         loop.add_signal_handler(signum, reopen_log, signum)
     serving = asyncio.Event()
+    refresh_pending = False
 
-    def on_refresh_signal() -> None:
-        if serving.is_set() and on_refresh is not None:
+    def refresh() -> None:
+        if on_refresh is not None:
             try:
                 on_refresh()
             except OSError as error:
                 log.warning("cannot refresh the state file: %s", os_reason(error))
 
+    def on_refresh_signal() -> None:
+        nonlocal refresh_pending
+        if serving.is_set():
+            refresh()
+        else:
+            refresh_pending = True
+
     loop.add_signal_handler(REFRESH_SIGNAL, on_refresh_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (*HANDLED_SIGNALS, *(
+        () if stop_now_signal is None else (stop_now_signal,))))
     try:
         with _reported(application, "failed to start"):
             await application.start_service()
@@ -201,7 +259,13 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
             tick()
             if on_ready is not None:
                 on_ready(listening_addresses(application))
+            if watchdog is not None and watchdog.watchdog_interval is not None:
+                ping()
+            if refresh_pending:
+                refresh()
             await stop_requested.wait()
+            if on_stop is not None:
+                on_stop()
         finally:
             stopping = loop.create_task(application.stop_service())
             with _reported(application, "did not stop cleanly"):
@@ -211,9 +275,10 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
                     if not forced:
                         raise
     finally:
-        if ticking is not None:
-            ticking.cancel()
-        for signum in HANDLED_SIGNALS:
+        for timer in (ticking, pinging):
+            if timer is not None:
+                timer.cancel()
+        for signum in (*HANDLED_SIGNALS, *(() if stop_now_signal is None else (stop_now_signal,))):
             loop.remove_signal_handler(signum)
 
 

@@ -32,11 +32,12 @@ import socket
 import struct
 import time
 
-from reverserd import logs, runner
+from reverserd import logs, runner, signals
 from reverserd.limits import DEFAULT_WORKER_TIMEOUT
 from reverserd.listening import listening_addresses, listening_services
 from reverserd.loops import LoopFactory
-from reverserd.pidfile import Claim, WorkerState
+from reverserd.notify import Supervision
+from reverserd.pidfile import Activity, Claim, WorkerState
 from reverserd.policy import CLOSE_REASONS, SWEEP_INTERVAL, ConnectionPolicy, Limits
 from reverserd.process_name import end_with_parent, set_process_name
 from reverserd.service import Application
@@ -45,7 +46,11 @@ log = logging.getLogger(__name__)
 
 READY_SIGNAL = signal.SIGRTMIN
 COUNTED_SIGNAL = signal.SIGRTMIN + 1
-SUPERVISED_SIGNALS = (signal.SIGCHLD, *runner.HANDLED_SIGNALS, READY_SIGNAL, COUNTED_SIGNAL)
+# The main process's second stop signal, passed on: a worker stops at once only on this, not
+# on a second SIGTERM (a supervisor signalling the whole group sends it one beside the main's).
+STOP_NOW_SIGNAL = signal.SIGRTMIN + 2
+SUPERVISED_SIGNALS = (signal.SIGCHLD, *signals.HANDLED_SIGNALS, READY_SIGNAL, COUNTED_SIGNAL,
+                      STOP_NOW_SIGNAL)
 FIRST_RETRY = 0.1  # seconds before the second restart in a row; the first is at once
 LONGEST_RETRY = 5.0
 STEADY_AFTER = 10.0  # a worker that served this long resets the backoff
@@ -62,15 +67,18 @@ class SharedCounts:
     """Counts and heartbeats per worker slot, in memory the workers share.
 
     A slot's counts are the lines each server answered, then the
-    connections closed for each of ``CLOSE_REASONS``, then the accept
-    pauses, all since its worker started; the main process adds the counts
-    of workers that died to ``retired``. Heartbeats are ``CLOCK_MONOTONIC``
-    nanoseconds, a clock all processes share.
+    connections closed for each of ``CLOSE_REASONS``, then ``TOTALS`` (accept
+    pauses, connections accepted, handler errors), all since its worker
+    started, and last the connections it has open now; the main process
+    adds the counts of workers that died to ``retired``, all but the last.
+    Heartbeats are ``CLOCK_MONOTONIC`` nanoseconds, a clock all processes share.
     """
+
+    TOTALS = ("pauses", "accepted", "handler_errors")
 
     def __init__(self, slots: int, servers: int) -> None:
         self.servers = servers
-        self.width = servers + len(CLOSE_REASONS) + 1
+        self.width = servers + len(CLOSE_REASONS) + len(self.TOTALS) + 1
         self.memory = mmap.mmap(-1, max(1, slots * self.width) * COUNT.size)
         self.beats = mmap.mmap(-1, max(1, slots) * COUNT.size)
         self.retired = [0] * self.width
@@ -84,7 +92,9 @@ class SharedCounts:
                 for index in range(self.width)]
 
     def retire(self, slot: int) -> None:
-        self.retired = [old + new for old, new in zip(self.retired, self.read(slot))]
+        """A dead worker's counts stay in the totals; its connections are gone."""
+        *counted, _ = self.read(slot)
+        self.retired = [old + new for old, new in zip(self.retired, [*counted, 0])]
         self.write(slot, [0] * self.width)
 
     def totals(self, slots: int) -> list[int]:
@@ -145,7 +155,8 @@ class Supervisor:
 
     def __init__(self, application: Application, sockets: list[list[socket.socket]],
                  claim: Claim | None, loop_factory: LoopFactory,
-                 worker_timeout: float = DEFAULT_WORKER_TIMEOUT) -> None:
+                 worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+                 supervision: Supervision | None = None) -> None:
         self.application = application
         self.sockets = sockets
         self.claim = claim
@@ -160,6 +171,9 @@ class Supervisor:
         self.announced = False
         self.waiting_for_counts: set[int] = set()
         self.counts_deadline = 0.0
+        self.supervision = supervision or Supervision()
+        self.next_ping: float | None = None  # monotonic time of the next WATCHDOG=1
+        self.refresh_pending = False  # a SIGUSR2 that came before every worker served
 
     @property
     def workers(self) -> int:
@@ -187,12 +201,18 @@ class Supervisor:
                    if worker.restart_at is not None]
         if self.waiting_for_counts:
             moments.append(self.counts_deadline)
+        if self.next_ping is not None:
+            moments.append(self.next_ping)
         return max(0.0, min(moments, default=now + SWEEP_INTERVAL) - now)
 
     def _on_timer(self) -> None:
         logs.tick()
         self._kill_the_silent()
         now = time.monotonic()
+        interval = self.supervision.watchdog_interval
+        if self.next_ping is not None and interval is not None and self.next_ping <= now:
+            self.next_ping = now + interval
+            self.supervision.ping()
         for worker in self.slots:
             if worker.restart_at is not None and worker.restart_at <= now:
                 worker.restart_at = None
@@ -225,15 +245,21 @@ class Supervisor:
             self.waiting_for_counts.discard(sender)
             if not self.waiting_for_counts:
                 self._write_state()
-        elif signum in runner.STOP_SIGNALS:
+        elif signum in signals.STOP_SIGNALS:
             self._stop(signal.Signals(signum))
-        elif signum in runner.REOPEN_SIGNALS:
+        elif signum in signals.REOPEN_SIGNALS:
             runner.reopen_log(signum)
             self._forward(signum)
-        elif signum == runner.REFRESH_SIGNAL and self.announced:
-            self.waiting_for_counts = {worker.pid for worker in self._alive() if worker.ready}
-            self.counts_deadline = time.monotonic() + COUNT_PATIENCE
-            self._forward(signum)
+        elif signum == signals.REFRESH_SIGNAL:
+            if self.announced:
+                self._refresh()
+            else:
+                self.refresh_pending = True
+
+    def _refresh(self) -> None:
+        self.waiting_for_counts = {worker.pid for worker in self._alive() if worker.ready}
+        self.counts_deadline = time.monotonic() + COUNT_PATIENCE
+        self._forward(signals.REFRESH_SIGNAL)
 
     def _on_ready(self, pid: int, on_ready: runner.ReadyCallback | None) -> None:
         for worker in self.slots:
@@ -246,16 +272,22 @@ class Supervisor:
             self._write_state()
             if on_ready is not None:
                 on_ready(listening_addresses(self.application))
+            if self.supervision.watchdog_interval is not None:
+                self.next_ping = time.monotonic()  # systemd watches from readiness on
+            if self.refresh_pending:
+                self._refresh()
         elif self.announced:
             self._write_state()
 
     def _stop(self, signum: signal.Signals) -> None:
         if self.stopping:
             log.warning("received %s again, telling the workers to stop now", signum.name)
-        else:
-            log.info("received %s, stopping %d workers", signum.name, len(self._alive()))
-            self.stopping = True
-            self._write_state()
+            self._forward(STOP_NOW_SIGNAL)
+            return
+        log.info("received %s, stopping %d workers", signum.name, len(self._alive()))
+        self.stopping = True
+        self.supervision.stopping(f"stopping: {len(self._alive())} workers")
+        self._write_state()
         self._forward(signal.SIGTERM)
 
     def _forward(self, signum: int) -> None:
@@ -323,6 +355,7 @@ class Supervisor:
         """The whole life of a worker process; never returns into the main's code."""
         try:
             end_with_parent()
+            self.supervision.close()  # only the main process speaks to the supervisor
             main = os.getppid()
             if self.claim is not None:
                 self.claim.lock.close()  # only the main process holds the lock
@@ -343,7 +376,7 @@ class Supervisor:
                     *(server.lines_served - before
                       for server, before in zip(self.servers, self.baseline)),
                     *(policy.closed[reason] for reason in CLOSE_REASONS),
-                    policy.pauses])
+                    policy.pauses, policy.accepted, policy.handler_errors, policy.open])
 
             def report_counts() -> None:
                 write_counts()
@@ -353,7 +386,8 @@ class Supervisor:
                 loop_runner.run(runner.serve(self.application,
                                              lambda _: os.kill(main, READY_SIGNAL),
                                              report_counts, policy,
-                                             lambda: self.counts.beat(slot)))
+                                             lambda: self.counts.beat(slot),
+                                             stop_now_signal=STOP_NOW_SIGNAL))
             write_counts()
             return 0
         except runner.ApplicationFailed:
@@ -372,7 +406,9 @@ class Supervisor:
         if self.claim is None or not self.announced:
             return
         totals = self.counts.totals(self.workers)
-        lines, closed = totals[:len(self.servers)], totals[len(self.servers):-1]
+        lines = totals[:len(self.servers)]
+        closed = totals[len(self.servers):len(self.servers) + len(CLOSE_REASONS)]
+        paused, accepted, handler_errors, connections_open = totals[-4:]
         workers = tuple(WorkerState(worker.number, worker.pid, worker.started, worker.restarts,
                                     worker.last_exit)
                         for worker in self.slots if worker.pid)
@@ -381,7 +417,9 @@ class Supervisor:
                                    sum(self.baseline) + sum(lines), workers,
                                    closed={reason: count for reason, count
                                            in zip(CLOSE_REASONS, closed) if count},
-                                   paused=totals[-1], stopping=self.stopping)
+                                   paused=paused, stopping=self.stopping,
+                                   activity=Activity(connections_open, accepted,
+                                                     handler_errors))
         except OSError as error:
             log.warning("cannot write the state file: %s", error)
 

@@ -105,8 +105,13 @@ class DaemonDirectory:
 
     def end(self) -> None:
         for pid in self.pids:
-            if is_alive(pid):
-                with open(f"/proc/{pid}/cmdline", "rb") as command:
-                    ours = REVERSERD.encode() in command.read()
-                if ours:
-                    os.kill(pid, signal.SIGKILL)
+            kill_if_reverserd(pid)
+
+
+def kill_if_reverserd(pid: int) -> None:
+    """SIGKILL ``pid`` if it is still a reverserd of this checkout, not a reuse of its pid."""
+    if is_alive(pid):
+        with open(f"/proc/{pid}/cmdline", "rb") as command:
+            ours = REVERSERD.encode() in command.read()
+        if ours:
+            os.kill(pid, signal.SIGKILL)

@@ -85,7 +85,8 @@ def test_stop_kills_a_wedged_worker_the_main_process_left_behind(
     assert not is_alive(wedged)
     assert not is_alive(daemon.pid)
     status = daemons.run("status")
-    assert (status.returncode, status.stdout) == (3, "reverserd not running\n")
+    assert (status.returncode, status.stdout) == (
+        3, f"reverserd not running (no pidfile at {daemons.pidfile})\n")
 
 
 def make_fifo(path: pathlib.Path) -> None:

@@ -78,9 +78,11 @@ def test_stop_ends_the_daemon_and_removes_its_files(daemons: DaemonDirectory) ->
     assert daemons.log_lines()[-1].endswith("INFO reverserd.runner: stopped")
     assert "received SIGTERM, stopping" in daemons.log()
     status = daemons.run("status")
-    assert (status.returncode, status.stdout) == (3, "reverserd not running\n")
+    assert (status.returncode, status.stdout) == (
+        3, f"reverserd not running (no pidfile at {daemons.pidfile})\n")
     again = daemons.run("stop")
-    assert (again.returncode, again.stdout) == (0, "reverserd is not running\n")
+    assert (again.returncode, again.stdout) == (
+        0, f"reverserd is not running (no pidfile at {daemons.pidfile})\n")
 
 
 def test_start_with_a_live_daemon_leaves_it_alone(daemons: DaemonDirectory) -> None:

@@ -1,0 +1,413 @@
+"""What a supervisor sees of reverserd: sd_notify datagrams, s6's readiness
+descriptor, signals held from the first instant, and log lines without a
+second timestamp."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import select
+import signal
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.e2e.daemons import DaemonDirectory
+from tests.e2e.notify_socket import NotifySocket
+from tests.e2e.support import (
+    DEADLINE,
+    REVERSERD,
+    ReverserdProcess,
+    connect,
+    receive_exactly,
+    wait_until,
+)
+from tests.e2e.test_control_plane import stuck_client
+from tests.e2e.test_status_json import FRAGILE_APP
+
+HELD = (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
+SLOW_APP = (
+    "import pathlib, time\n"
+    "from reverserd import Application, Reverser, TCPServer\n"
+    "pathlib.Path('loading').touch()\n"
+    "time.sleep(1)  # a slow import: signals arrive while reverserd is still starting\n"
+    "application = Application('slow')\n"
+    "TCPServer(0, Reverser).set_service_parent(application)\n"
+)
+
+
+@pytest.fixture
+def notify_socket(tmp_path: pathlib.Path) -> Iterator[NotifySocket]:
+    with NotifySocket(tmp_path) as listening:
+        yield listening
+
+
+def echoes(port: int) -> bool:
+    with connect(port) as sock:
+        sock.sendall(b"hello\r\n")
+        return receive_exactly(sock, 7) == b"olleh\r\n"
+
+
+def held_signals(pid: int) -> set[int]:
+    """The signals ``pid`` blocks now, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("SigBlk:"))
+    mask = int(line.split()[1], 16)
+    return {number for number in range(1, 65) if mask >> (number - 1) & 1}
+
+
+# --- sd_notify ---------------------------------------------------------------------------
+
+def test_with_workers_only_the_main_process_notifies(
+        reverserd: Callable[..., ReverserdProcess], notify_socket: NotifySocket) -> None:
+    process = reverserd("run", "--port", "0", "--workers", "2",
+                        env={"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "200000"})
+    ready = notify_socket.wait_for("READY", "1")[0]
+    port = process.wait_until_serving()
+    assert ready.fields["STATUS"] == f"listening on 127.0.0.1:{port}"
+    assert echoes(port)
+    pings = notify_socket.wait_for("WATCHDOG", "1", count=4)
+    assert all(ping.arrived >= ready.arrived for ping in pings)
+    gaps = [later.arrived - earlier.arrived for earlier, later in zip(pings, pings[1:])]
+    assert 0.05 <= statistics.median(gaps) <= 0.2, gaps
+    process.signal(signal.SIGTERM)
+    stopping = notify_socket.wait_for("STOPPING", "1")[0]
+    assert stopping.fields["STATUS"] == "stopping: 2 workers"
+    assert process.wait() == 0
+    notify_socket.wait_for("STATUS", "stopped")
+    senders = {notification.pid for notification in notify_socket.received}
+    assert senders == {process.pid}, notify_socket.received
+    assert len(notify_socket.with_field("READY")) == 1
+
+
+def test_a_detached_daemon_names_itself_with_mainpid(
+        daemons: DaemonDirectory, notify_socket: NotifySocket) -> None:
+    daemon = daemons.start(env={"NOTIFY_SOCKET": notify_socket.address})
+    ready = notify_socket.wait_for("READY", "1")[0]
+    assert ready.fields["MAINPID"] == str(daemon.pid)
+    assert ready.pid == daemon.pid
+    daemons.stop()
+    assert notify_socket.wait_for("STOPPING", "1")[0].pid == daemon.pid
+
+
+def test_in_the_foreground_mainpid_is_left_out_and_stopping_counts_connections(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess]) -> None:
+    with NotifySocket(tmp_path, abstract=True) as abstract:
+        process = reverserd("run", "--port", "0", env={"NOTIFY_SOCKET": abstract.address})
+        ready = abstract.wait_for("READY", "1")[0]
+        assert "MAINPID" not in ready.fields and ready.pid == process.pid
+        with connect(process.wait_until_serving()) as sock:
+            sock.sendall(b"held open\n")
+            receive_exactly(sock, 10)
+            process.signal(signal.SIGTERM)
+            stopping = abstract.wait_for("STOPPING", "1")[0]
+        assert stopping.fields["STATUS"] == "stopping: 1 connection open"
+        assert process.wait() == 0
+        assert abstract.wait_for("STATUS", "stopped")
+
+
+def test_a_notify_socket_nobody_listens_on_costs_one_warning(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess]) -> None:
+    process = reverserd("run", "--port", "0", "--log-format", "short",
+                        env={"NOTIFY_SOCKET": str(tmp_path / "gone.sock"),
+                             "WATCHDOG_USEC": "50000"})
+    assert echoes(process.wait_until_serving())
+    process.wait_for_log("cannot notify systemd at .*gone.sock")
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    warnings = [line for line in process.log if line.startswith("WARNING")]
+    assert len(warnings) == 1, process.log
+
+
+# --- --ready-fd ------------------------------------------------------------------------
+
+def read_ready_pipe(fd: int) -> bytes:
+    """What the write end's holders sent, until every one of them closed it."""
+    received = b""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([fd], [], [], 0.1)
+        if readable:
+            chunk = os.read(fd, 64)
+            if not chunk:
+                return received
+            received += chunk
+    raise AssertionError(f"the readiness pipe is still open; got {received!r}")
+
+
+@pytest.mark.parametrize("how", [["run"], ["run", "--workers", "2"], ["start"]])
+def test_ready_fd_gets_one_newline_once_serving_then_closes(
+        tmp_path: pathlib.Path, daemons: DaemonDirectory, how: list[str]) -> None:
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        [REVERSERD, *how, "--port", "0", "--ready-fd", str(write_end)], cwd=tmp_path,
+        pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    os.close(write_end)
+    try:
+        readable, _, _ = select.select([read_end], [], [], DEADLINE)
+        assert readable and os.read(read_end, 64) == b"\n"
+        # Ready means serving: the port is open the moment the newline arrives.
+        status = daemons.run("status", "--json") if how == ["start"] else None
+        assert read_ready_pipe(read_end) == b""
+        if status is not None:
+            assert process.wait(DEADLINE) == 0
+            assert '"state": "running"' in status.stdout
+            daemons.remember(process.stdout.read() if process.stdout else "")
+            daemons.stop()
+        else:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(DEADLINE) == 0
+    finally:
+        os.close(read_end)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["run", "--ready-fd", "9"], "file descriptor 9 is not open"),
+     (["run", "--ready-fd", "1"], "expected a file descriptor number from 3 to"),
+     (["run", "--ready-fd", "three"], "expected a file descriptor number"),
+     (["status", "--ready-fd", "0"], "expected a file descriptor number"),
+     (["stop", "--json"], "--json goes with status")])
+def test_bad_ready_fd_is_one_line_and_exit_2(
+        daemons: DaemonDirectory, arguments: list[str], message: str) -> None:
+    result = daemons.run(*arguments)
+    assert result.returncode == 2, result
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_read_only_ready_fd_is_refused(tmp_path: pathlib.Path) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        result = subprocess.run([REVERSERD, "run", "--ready-fd", str(read_end)], cwd=tmp_path,
+                                pass_fds=(read_end,), capture_output=True, text=True,
+                                timeout=DEADLINE, check=False)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert result.returncode == 2
+    assert f"file descriptor {read_end} is open for reading only" in result.stderr
+
+
+def test_ready_fd_goes_with_serving_verbs_only(tmp_path: pathlib.Path) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        result = subprocess.run([REVERSERD, "status", "--ready-fd", str(write_end)],
+                                cwd=tmp_path, pass_fds=(write_end,), capture_output=True,
+                                text=True, timeout=DEADLINE, check=False)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (
+        2, "reverserd: --ready-fd goes with run, start, restart, not status\n")
+
+
+# --- signals while starting ------------------------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
+def test_a_signal_while_starting_neither_kills_nor_is_lost(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess],
+        signum: signal.Signals) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_APP)
+    process = reverserd("run", "-y", "slow.py", "--pidfile", "reverserd.pid")
+    wait_until((tmp_path / "loading").exists, "the application to load")
+    process.signal(signum)
+    assert echoes(process.wait_until_serving())
+    if signum == signal.SIGUSR2:
+        # The refresh came before there was a state file to refresh: it is written once serving.
+        wait_until((tmp_path / "reverserd.pid.state").exists, "the state file")
+    else:
+        process.wait_for_log(f"received {signum.name}, reopening the log file")
+    assert process.popen.poll() is None
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_while_starting_stops_right_after_start_up(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess],
+        notify_socket: NotifySocket, signum: signal.Signals) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_APP)
+    process = reverserd("run", "-y", "slow.py", env={"NOTIFY_SOCKET": notify_socket.address})
+    wait_until((tmp_path / "loading").exists, "the application to load")
+    process.signal(signum)
+    assert process.wait() == 0
+    log = "\n".join(process.log)
+    assert re.search(rf"listening on .*\n.*received {signum.name}, stopping", log), log
+    assert log.endswith("INFO reverserd.runner: stopped")
+    ready = notify_socket.wait_for("READY", "1")[0]
+    assert notify_socket.wait_for("STOPPING", "1")[0].arrived >= ready.arrived
+
+
+def test_signals_are_held_from_the_command_s_first_step(
+        reverserd: Callable[..., ReverserdProcess]) -> None:
+    process = reverserd("run", "--port", "0")
+    wait_until(lambda: set(HELD) <= held_signals(process.pid), "the signals to be held")
+    process.signal(signal.SIGHUP)
+    assert echoes(process.wait_until_serving())
+    process.wait_for_log("received SIGHUP, reopening the log file")
+    assert not set(HELD) & held_signals(process.pid)  # once serving, handled as they come
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+
+
+def test_the_entry_point_imports_nothing_slow_before_holding_signals() -> None:
+    probe = ("import sys\n"
+             "from reverserd.entry import command\n"
+             "print(sorted(name for name in sys.modules if name.startswith(('reverserd', "
+             "'asyncio', 'typing', 'argparse'))))\n")
+    result = subprocess.run([str(pathlib.Path(REVERSERD).parent / "python"), "-c", probe],
+                            capture_output=True, text=True, timeout=DEADLINE, check=True)
+    assert result.stdout.strip() == "['reverserd', 'reverserd.entry', 'reverserd.signals']"
+
+
+SLOW_STOP_APP = (
+    "import asyncio\n"
+    "from reverserd import Application, Reverser, Service, TCPServer\n"
+    "class SlowStop(Service):\n"
+    "    async def stop_service(self):\n"
+    "        await asyncio.sleep(3)\n"
+    "application = Application('slow-stop')\n"
+    "TCPServer(0, Reverser).set_service_parent(application)\n"
+    "SlowStop().set_service_parent(application)\n"
+)
+
+
+def test_verbs_that_do_not_serve_answer_ctrl_c_at_once(daemons: DaemonDirectory) -> None:
+    (daemons.path / "slow_stop.py").write_text(SLOW_STOP_APP)
+    result = daemons.run("start", "-y", "slow_stop.py")
+    assert result.returncode == 0, result
+    daemon = int(re.search(r"pid (\d+)", result.stdout).group(1))
+    stopping = subprocess.Popen([REVERSERD, "stop"], cwd=daemons.path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: "received SIGTERM" in daemons.log(), "stop to send SIGTERM")
+        stopping.send_signal(signal.SIGINT)
+        assert stopping.wait(DEADLINE) == 130
+        assert os.path.exists(f"/proc/{daemon}")  # stop gave up waiting, as asked
+    finally:
+        if stopping.poll() is None:
+            stopping.kill()
+            stopping.wait()
+    wait_until(lambda: not os.path.exists(f"/proc/{daemon}"), "the daemon to finish stopping")
+
+
+# --- log formats -----------------------------------------------------------------------
+
+def test_short_lines_carry_no_timestamp(reverserd: Callable[..., ReverserdProcess]) -> None:
+    process = reverserd("run", "--port", "0", "--log-format", "short")
+    process.wait_until_serving()
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert process.log and all(re.match(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) reverserd\.", line)
+                               for line in process.log), process.log
+    assert not any(ISO_TIME.search(line) for line in process.log)
+
+
+def test_journal_lines_lead_with_their_priority(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess]) -> None:
+    (tmp_path / "fragile.py").write_text(FRAGILE_APP)
+    process = reverserd("run", "-y", "fragile.py", "--log-format", "journal",
+                        "--log-level", "debug",
+                        env={"NOTIFY_SOCKET": str(tmp_path / "nobody.sock")})
+    with connect(process.wait_until_serving()) as sock:
+        sock.sendall(b"boom\n")
+        assert sock.recv(16) == b""
+    process.wait_for_log(r"^<3>ERROR .*handler Fragile failed")
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    prefixes = {line[:3] for line in process.log}
+    assert prefixes == {"<3>", "<4>", "<6>", "<7>"}, process.log
+    traceback = [line for line in process.log if "RuntimeError: boom" in line]
+    assert traceback and all(line.startswith("<3>") for line in traceback)
+    assert not any(ISO_TIME.search(line) for line in process.log)
+
+
+@pytest.mark.parametrize("matching", [True, False])
+def test_journal_is_the_default_when_stdout_is_the_journal_stream(
+        tmp_path: pathlib.Path, matching: bool) -> None:
+    out = tmp_path / "stdout"
+    other = tmp_path / "other"
+    other.touch()
+    with open(out, "wb") as stdout:
+        found = os.fstat(stdout.fileno()) if matching else os.stat(other)
+        process = subprocess.Popen([REVERSERD, "run", "--port", "0"], cwd=tmp_path,
+                                   stdout=stdout, stderr=subprocess.STDOUT,
+                                   env={**os.environ,
+                                        "JOURNAL_STREAM": f"{found.st_dev}:{found.st_ino}"})
+    try:
+        wait_until(lambda: "listening on" in out.read_text(), "serving")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(DEADLINE) == 0
+    lines = out.read_text().splitlines()
+    if matching:
+        assert all(line.startswith("<6>INFO ") for line in lines), lines
+    else:
+        assert all(ISO_TIME.match(line) for line in lines), lines
+
+
+def test_a_daemon_logs_short_lines_to_its_file(daemons: DaemonDirectory) -> None:
+    daemons.start("--log-format", "short")
+    daemons.stop()
+    lines = daemons.log_lines()
+    assert lines and all(line.startswith(("INFO ", "WARNING ")) for line in lines), lines
+
+
+def test_an_unknown_log_format_is_refused(daemons: DaemonDirectory) -> None:
+    result = daemons.run("run", "--log-format", "pretty")
+    assert result.returncode == 2
+    assert result.stderr == ("reverserd: argument --log-format: expected one of full, short, "
+                             "journal, got 'pretty'\n")
+
+
+# --- a supervisor signalling the whole process group --------------------------------------
+
+def test_a_group_wide_sigterm_keeps_the_workers_stop_graceful(
+        reverserd: Callable[..., ReverserdProcess]) -> None:
+    """What systemd's KillMode=control-group, supervisord's stopasgroup or a
+    terminal's Ctrl-C do: every process gets the signal, and each worker a
+    second one from the main process passing it on."""
+    process = reverserd("run", "--port", "0", "--workers", "2", "--log-format", "short",
+                        "--shutdown-timeout", "30")
+    port = process.wait_until_serving()
+    pids = re.search(r"2 workers serving: pids (\d+), (\d+)",
+                     process.wait_for_log("workers serving").string)
+    assert pids
+    stuck = stuck_client(port)  # a graceful stop waits for it to take its replies
+    try:
+        for pid in (process.pid, *map(int, pids.groups())):
+            os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: sum("received SIGTERM, stopping" in line
+                               for line in process.log) >= 3, "every process to stop")
+        assert process.popen.poll() is None  # still waiting for the stuck client
+    finally:
+        stuck.close()
+    assert process.wait() == 0
+    assert not any("again" in line for line in process.log), process.log
+
+
+def test_a_second_sigterm_to_the_main_process_stops_the_workers_at_once(
+        reverserd: Callable[..., ReverserdProcess]) -> None:
+    process = reverserd("run", "--port", "0", "--workers", "2", "--log-format", "short",
+                        "--shutdown-timeout", "30")
+    stuck = stuck_client(process.wait_until_serving())
+    try:
+        process.wait_for_log("workers serving")
+        process.signal(signal.SIGTERM)
+        wait_until(lambda: sum("received SIGTERM, stopping" in line
+                               for line in process.log) >= 3, "every process to stop")
+        process.signal(signal.SIGTERM)
+        assert process.wait() == 0  # long before the 30 s the stuck client could hold it
+    finally:
+        stuck.close()
+    assert sum("received the main process's order, stopping now" in line
+               for line in process.log) >= 1, process.log
