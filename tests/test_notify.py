@@ -68,6 +68,11 @@ def test_an_abstract_address(tmp_path: pathlib.Path) -> None:
     ({"WATCHDOG_USEC": "0"}, None),
     ({"WATCHDOG_USEC": "-5"}, None),
     ({"WATCHDOG_USEC": "1e6"}, None),
+    ({"WATCHDOG_USEC": "+1000000"}, None),
+    ({"WATCHDOG_USEC": " 1000000"}, None),
+    ({"WATCHDOG_USEC": "1_000_000"}, None),
+    ({"WATCHDOG_USEC": "\uff11\uff10\uff10\uff10"}, None),  # full-width digits
+    ({"WATCHDOG_USEC": "9" * 30}, None),
     ({}, None)])
 def test_the_watchdog_interval(tmp_path: pathlib.Path, systemd: socket.socket,
                                environ: dict[str, str], interval: float | None) -> None:
@@ -123,6 +128,22 @@ def test_the_ready_descriptor_gets_a_newline_then_is_closed() -> None:
     assert os.read(read_end, 16) == b"\n"
     assert os.read(read_end, 16) == b""  # closed: s6 sees end of file
     ready.ready()  # a second time is nothing
+    os.close(read_end)
+
+
+def test_a_full_readiness_pipe_costs_a_warning_not_a_hang(
+        caplog: pytest.LogCaptureFixture) -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        while True:
+            os.write(write_end, b"x" * 4096)
+    except BlockingIOError:
+        pass  # nobody reads: the pipe is full
+    os.set_blocking(write_end, True)
+    with caplog.at_level(logging.WARNING, logger="reverserd.notify"):
+        notify.ReadyDescriptor(write_end).ready()
+    assert "cannot write readiness to file descriptor" in caplog.text
     os.close(read_end)
 
 

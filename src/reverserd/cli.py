@@ -490,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         verb, settings = parse_command(argv)
         if verb != "run":
-            signals.release()  # held only for a process that will serve in the foreground
+            signals.release()  # deferred only for a process that will serve in the foreground
         return ACTIONS[verb](settings)
     except UserError as error:
         print(f"reverserd: {error}", file=sys.stderr)

@@ -31,7 +31,7 @@ from typing import IO
 import daemon
 
 from reverserd.errors import UserError
-from reverserd.signals import hold as hold_signals
+from reverserd.signals import block as block_signals
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def spawn(body: DaemonBody, how: Detachment) -> Spawned:
 
 
 def _become_daemon(body: DaemonBody, how: Detachment, reporter: Reporter) -> int:
-    hold_signals()
+    block_signals()
     try:
         context = daemon.DaemonContext(
             detach_process=True,

@@ -496,8 +496,19 @@ def open_syslog(prefix: str, address: str) -> SyslogHandler:
     return handler
 
 
+class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stdout in the foreground. A reader that went away (``EPIPE``: a pipe to
+    ``head``, a logger that died) costs the records it no longer takes, never a
+    traceback on stderr for each of them (stderr is often the same pipe);
+    other failures are reported as usual."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
 def open_stdout() -> logging.Handler:
-    handler = logging.StreamHandler(sys.stdout)
+    handler = StdoutHandler(sys.stdout)
     handler.setFormatter(IsoFormatter(FORMAT))
     return handler
 

@@ -145,10 +145,8 @@ def _watchdog_usec(usec: str | None, pid: str | None) -> int | None:
         return None
     if pid is not None and pid.strip() != str(os.getpid()):
         return None
-    try:
-        value = int(usec)
-    except ValueError:
-        value = 0
+    digits = usec.isascii() and usec.isdigit() and len(usec) <= len(str(MAX_WATCHDOG_USEC))
+    value = int(usec) if digits else 0
     if not 0 < value <= MAX_WATCHDOG_USEC:
         _warn(f"ignoring WATCHDOG_USEC={usec!r}: not a number of microseconds")
         return None
@@ -176,6 +174,7 @@ class ReadyDescriptor:
         if self.fd < 0:
             return
         try:
+            os.set_blocking(self.fd, False)  # a reader that never reads must not stop the loop
             os.write(self.fd, b"\n")
         except OSError as error:
             log.warning("cannot write readiness to file descriptor %d: %s", self.fd,

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from reverserd import __version__, logs, persist
+from reverserd import __version__, logs, persist, signals
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
 from reverserd.listening import lines_served, listening_addresses, listening_services, release_all
@@ -175,7 +175,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
     its own interval: all from the event loop, so a stuck loop stops them
     all. ``on_stop`` runs when a graceful stop begins.
 
-    Signals that came while starting (held until now, see ``signals``)
+    Signals that came while starting (deferred or blocked until now, see ``signals``)
     are handled here, each once serving: a stop signal stops right after
     ``on_ready``, a SIGUSR2 refreshes then.
 
@@ -251,6 +251,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
     loop.add_signal_handler(REFRESH_SIGNAL, on_refresh_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, (*HANDLED_SIGNALS, *(
         () if stop_now_signal is None else (stop_now_signal,))))
+    signals.redeliver()
     try:
         with _reported(application, "failed to start"):
             await application.start_service()

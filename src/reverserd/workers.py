@@ -183,6 +183,7 @@ class Supervisor:
         """Start the workers, keep them going, stop them all on SIGTERM."""
         self.limits = limits
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED_SIGNALS)
+        signals.redeliver()  # what came while starting, now for sigtimedwait
         for worker in self.slots:
             self._start(worker)
         while not self.stopping or self._alive():

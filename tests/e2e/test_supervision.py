@@ -53,10 +53,10 @@ def echoes(port: int) -> bool:
         return receive_exactly(sock, 7) == b"olleh\r\n"
 
 
-def held_signals(pid: int) -> set[int]:
-    """The signals ``pid`` blocks now, from /proc."""
+def signal_set(pid: int, field: str) -> set[int]:
+    """The signals ``pid`` blocks (``SigBlk``) or catches (``SigCgt``) now, from /proc."""
     with open(f"/proc/{pid}/status") as status:
-        line = next(line for line in status if line.startswith("SigBlk:"))
+        line = next(line for line in status if line.startswith(f"{field}:"))
     mask = int(line.split()[1], 16)
     return {number for number in range(1, 65) if mask >> (number - 1) & 1}
 
@@ -247,14 +247,50 @@ def test_a_stop_signal_while_starting_stops_right_after_start_up(
     assert notify_socket.wait_for("STOPPING", "1")[0].arrived >= ready.arrived
 
 
-def test_signals_are_held_from_the_command_s_first_step(
+def test_signals_are_deferred_from_the_command_s_first_step(
         reverserd: Callable[..., ReverserdProcess]) -> None:
     process = reverserd("run", "--port", "0")
-    wait_until(lambda: set(HELD) <= held_signals(process.pid), "the signals to be held")
+    wait_until(lambda: set(HELD) <= signal_set(process.pid, "SigCgt"),
+               "the signals to be caught")
     process.signal(signal.SIGHUP)
     assert echoes(process.wait_until_serving())
     process.wait_for_log("received SIGHUP, reopening the log file")
-    assert not set(HELD) & held_signals(process.pid)  # once serving, handled as they come
+    assert not set(HELD) & signal_set(process.pid, "SigBlk")
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+
+
+def test_a_second_stop_signal_while_starting_stops_at_once(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess]) -> None:
+    (tmp_path / "hang.py").write_text(SLOW_APP.replace("time.sleep(1)", "time.sleep(60)"))
+    process = reverserd("run", "-y", "hang.py", "--pidfile", "reverserd.pid")
+    wait_until((tmp_path / "loading").exists, "the application to load")
+    process.signal(signal.SIGTERM)
+    process.signal(signal.SIGINT)
+    assert process.wait() == 130  # long before the 60 s start-up would have ended
+    assert not any("listening on" in line for line in process.log)
+    assert not (tmp_path / "reverserd.pid").exists()
+
+
+def test_what_the_application_starts_meanwhile_gets_ordinary_signals(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess]) -> None:
+    (tmp_path / "spawner.py").write_text(
+        "import pathlib, subprocess\n"
+        "from reverserd import Application, Reverser, TCPServer\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        "pathlib.Path('child').write_text(str(child.pid))\n"
+        "application = Application('spawner')\n"
+        "TCPServer(0, Reverser).set_service_parent(application)\n")
+    process = reverserd("run", "-y", "spawner.py")
+    child = int(wait_until(lambda: (tmp_path / "child").exists()
+                           and (tmp_path / "child").read_text(), "the child"))  # type: ignore[arg-type]
+    try:
+        wait_until(lambda: "sleep" in pathlib.Path(f"/proc/{child}/cmdline").read_text(),
+                   "the child to run sleep")
+        assert not set(HELD) & (signal_set(child, "SigBlk") | signal_set(child, "SigCgt"))
+    finally:
+        os.kill(child, signal.SIGKILL)
+    process.wait_until_serving()
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
 
@@ -411,3 +447,29 @@ def test_a_second_sigterm_to_the_main_process_stops_the_workers_at_once(
         stuck.close()
     assert sum("received the main process's order, stopping now" in line
                for line in process.log) >= 1, process.log
+
+
+def test_a_log_reader_that_goes_away_costs_lines_not_tracebacks(tmp_path: pathlib.Path) -> None:
+    process = subprocess.Popen([REVERSERD, "run", "--port", "0", "--log-level", "debug"],
+                               cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        port = None
+        for _ in range(20):
+            found = re.search(rb"listening on 127\.0\.0\.1:(\d+)", process.stdout.readline())
+            if found:
+                port = int(found.group(1))
+                break
+        assert port is not None
+        process.stdout.close()  # as `reverserd run | head` does once head has its lines
+        for _ in range(3):
+            assert echoes(port)  # each logs two lines nobody takes any more
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(DEADLINE) == 0
+        assert process.stderr.read() == b""
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
