@@ -78,6 +78,7 @@ def start(config: Config) -> int:
     files.check_usable()
     claimed = _claim(files, config.start_timeout)
     if isinstance(claimed, int):
+        supervision.already_running(claimed)
         say(f"already running: pid {claimed}")
         return 0
     try:

@@ -214,6 +214,14 @@ class Supervision:
         if self.ready_descriptor is not None:
             self.ready_descriptor.ready()
 
+    def already_running(self, pid: int) -> None:
+        """``start`` found a daemon serving: that one is ready, and systemd should follow it."""
+        if self.notifier is not None:
+            self.notifier.send("READY=1", _status(f"already running as pid {pid}"),
+                               f"MAINPID={pid}")
+        if self.ready_descriptor is not None:
+            self.ready_descriptor.ready()
+
     def stopping(self, status: str) -> None:
         if self.notifier is not None:
             self.notifier.send("STOPPING=1", _status(status))

@@ -284,6 +284,10 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
 
 
 def reopen_log(signum: int) -> None:
+    if logs.installed_log_file() is None:
+        log.info("received %s; no log file to reopen (logging to stdout or syslog)",
+                 signal.Signals(signum).name)
+        return
     log.info("received %s, reopening the log file", signal.Signals(signum).name)
     try:
         logs.reopen()

@@ -91,6 +91,11 @@ def test_a_detached_daemon_names_itself_with_mainpid(
     ready = notify_socket.wait_for("READY", "1")[0]
     assert ready.fields["MAINPID"] == str(daemon.pid)
     assert ready.pid == daemon.pid
+    again = daemons.run("start", env={"NOTIFY_SOCKET": notify_socket.address})
+    assert again.stdout == f"reverserd already running: pid {daemon.pid}\n"
+    second = notify_socket.wait_for("READY", "1", count=2)[1]
+    assert second.fields == {"READY": "1", "STATUS": f"already running as pid {daemon.pid}",
+                             "MAINPID": str(daemon.pid)}
     daemons.stop()
     assert notify_socket.wait_for("STOPPING", "1")[0].pid == daemon.pid
 
@@ -170,6 +175,21 @@ def test_ready_fd_gets_one_newline_once_serving_then_closes(
             process.wait()
 
 
+def test_start_finding_a_daemon_serving_reports_it_ready(daemons: DaemonDirectory) -> None:
+    daemon = daemons.start()
+    read_end, write_end = os.pipe()
+    try:
+        again = subprocess.run([REVERSERD, "start", "--ready-fd", str(write_end)],
+                               cwd=daemons.path, pass_fds=(write_end,), capture_output=True,
+                               text=True, timeout=DEADLINE, check=False)
+        os.close(write_end)
+        assert again.stdout == f"reverserd already running: pid {daemon.pid}\n"
+        assert read_ready_pipe(read_end) == b"\n"
+    finally:
+        os.close(read_end)
+    daemons.stop()
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [(["run", "--ready-fd", "9"], "file descriptor 9 is not open"),
@@ -225,7 +245,7 @@ def test_a_signal_while_starting_neither_kills_nor_is_lost(
         # The refresh came before there was a state file to refresh: it is written once serving.
         wait_until((tmp_path / "reverserd.pid.state").exists, "the state file")
     else:
-        process.wait_for_log(f"received {signum.name}, reopening the log file")
+        process.wait_for_log(f"received {signum.name}; no log file to reopen")
     assert process.popen.poll() is None
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
@@ -254,7 +274,7 @@ def test_signals_are_deferred_from_the_command_s_first_step(
                "the signals to be caught")
     process.signal(signal.SIGHUP)
     assert echoes(process.wait_until_serving())
-    process.wait_for_log("received SIGHUP, reopening the log file")
+    process.wait_for_log("received SIGHUP; no log file to reopen")
     assert not set(HELD) & signal_set(process.pid, "SigBlk")
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
