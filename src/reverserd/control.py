@@ -43,6 +43,7 @@ from reverserd.pidfile import (
 )
 from reverserd.privileges import Account
 from reverserd.status_report import Survey
+from reverserd.wording import count
 
 STATUS_RUNNING = 0
 STATUS_DEAD = 1
@@ -402,11 +403,6 @@ def _fresh_state(files: RunFiles, state: DaemonState) -> DaemonState:
 
 def _listening(addresses: tuple[str, ...]) -> str:
     return f", listening on {', '.join(addresses)}" if addresses else ""
-
-
-def count(number: int, noun: str) -> str:
-    """``1 line``, ``2 lines``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def format_duration(seconds: float) -> str:

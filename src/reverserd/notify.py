@@ -54,12 +54,8 @@ class Notifier:
         self._socket: socket.socket | None = None
         self._failure = ""
         target = "\0" + address[1:] if address.startswith("@") else address
-        try:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
-                                 | socket.SOCK_NONBLOCK)
-        except OSError as error:
-            self._failure = os_reason(error)
-            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
+                             | socket.SOCK_NONBLOCK)
         try:
             sock.connect(target)
         except OSError as error:

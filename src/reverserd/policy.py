@@ -355,4 +355,3 @@ class ConnectionPolicy:
 
     def activity(self) -> Activity:
         return Activity(self.open, self.accepted, self.handler_errors)
-

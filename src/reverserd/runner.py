@@ -32,6 +32,7 @@ from reverserd.policy import (
 )
 from reverserd.service import Application
 from reverserd.signals import HANDLED_SIGNALS, REFRESH_SIGNAL, REOPEN_SIGNALS, STOP_SIGNALS
+from reverserd.wording import count
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,6 @@ class Supervise(Protocol):
     def workers(self) -> int: ...
 
     def run(self, on_ready: ReadyCallback | None, limits: Limits) -> None: ...
-
-
-class Watchdog(Protocol):
-    """Pinged from the event loop while serving (systemd's ``WATCHDOG=1``)."""
-
-    @property
-    def watchdog_interval(self) -> float | None: ...
-
-    def ping(self) -> None: ...
 
 
 class ApplicationFailed(UserError):
@@ -110,8 +102,7 @@ def run(application: Application, claim: Claim | None = None,
     def mark_stopping() -> None:
         nonlocal stopping
         stopping = True
-        supervision.stopping(f"stopping: {policy.open} connection"
-                             f"{'' if policy.open == 1 else 's'} open")
+        supervision.stopping(f"stopping: {count(policy.open, 'connection')} open")
         try:
             write_state()
         except OSError as error:
@@ -163,7 +154,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
                 policy: ConnectionPolicy | None = None,
                 on_tick: TickCallback | None = None,
                 on_stop: Callable[[], None] | None = None,
-                watchdog: Watchdog | None = None,
+                watchdog: Supervision | None = None,
                 stop_now_signal: int | None = None) -> None:
     """Start ``application``, wait for a stop signal, stop it gracefully.
 
@@ -199,12 +190,15 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         if on_tick is not None:
             on_tick()
 
+    ping_interval = None if watchdog is None else watchdog.watchdog_interval
+
     def ping() -> None:
         nonlocal pinging
-        assert watchdog is not None and watchdog.watchdog_interval is not None
-        pinging = loop.call_later(watchdog.watchdog_interval, ping)
+        assert watchdog is not None and ping_interval is not None
+        pinging = loop.call_later(ping_interval, ping)
         watchdog.ping()
 
+    handled = (*HANDLED_SIGNALS, *(() if stop_now_signal is None else (stop_now_signal,)))
     stop_requested = asyncio.Event()
     stopping: asyncio.Task[None] | None = None
     forced = False
@@ -249,8 +243,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
             refresh_pending = True
 
     loop.add_signal_handler(REFRESH_SIGNAL, on_refresh_signal)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, (*HANDLED_SIGNALS, *(
-        () if stop_now_signal is None else (stop_now_signal,))))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
     signals.redeliver()
     try:
         with _reported(application, "failed to start"):
@@ -260,7 +253,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
             tick()
             if on_ready is not None:
                 on_ready(listening_addresses(application))
-            if watchdog is not None and watchdog.watchdog_interval is not None:
+            if ping_interval is not None:
                 ping()
             if refresh_pending:
                 refresh()
@@ -279,7 +272,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         for timer in (ticking, pinging):
             if timer is not None:
                 timer.cancel()
-        for signum in (*HANDLED_SIGNALS, *(() if stop_now_signal is None else (stop_now_signal,))):
+        for signum in handled:
             loop.remove_signal_handler(signum)
 
 

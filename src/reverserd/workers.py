@@ -32,7 +32,7 @@ import socket
 import struct
 import time
 
-from reverserd import logs, runner, signals
+from reverserd import logs, runner, signals, wording
 from reverserd.limits import DEFAULT_WORKER_TIMEOUT
 from reverserd.listening import listening_addresses, listening_services
 from reverserd.loops import LoopFactory
@@ -287,7 +287,7 @@ class Supervisor:
             return
         log.info("received %s, stopping %d workers", signum.name, len(self._alive()))
         self.stopping = True
-        self.supervision.stopping(f"stopping: {len(self._alive())} workers")
+        self.supervision.stopping(f"stopping: {wording.count(len(self._alive()), 'worker')}")
         self._write_state()
         self._forward(signal.SIGTERM)
 

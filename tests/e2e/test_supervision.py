@@ -4,6 +4,7 @@ second timestamp."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -85,6 +86,38 @@ def test_with_workers_only_the_main_process_notifies(
     assert len(notify_socket.with_field("READY")) == 1
 
 
+STALLING_APP = (
+    "import time\n"
+    "from reverserd import Application, Reverser, TCPServer\n"
+    "class Stalling(Reverser):\n"
+    "    def line_received(self, line):\n"
+    "        if line == b'stall':\n"
+    "            time.sleep(1.5)  # a bug that holds the event loop\n"
+    "        return super().line_received(line)\n"
+    "application = Application('stalling')\n"
+    "TCPServer(0, Stalling).set_service_parent(application)\n"
+)
+
+
+def test_a_stuck_event_loop_stops_the_watchdog_pings(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess],
+        notify_socket: NotifySocket) -> None:
+    (tmp_path / "stalling.py").write_text(STALLING_APP)
+    process = reverserd("run", "-y", "stalling.py",
+                        env={"NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": "200000"})
+    port = process.wait_until_serving()
+    before = len(notify_socket.wait_for("WATCHDOG", "1", count=3))
+    with connect(port) as sock:
+        sock.sendall(b"stall\n")
+        assert receive_exactly(sock, 6) == b"llats\n"
+    pings = notify_socket.wait_for("WATCHDOG", "1", count=before + 3)
+    gaps = [later.arrived - earlier.arrived for earlier, later in zip(pings, pings[1:])]
+    assert max(gaps) >= 1.2, gaps  # none while the loop was held, for 1.5 s
+    assert sorted(gaps)[len(gaps) // 2] < 0.5, gaps  # and every 0.1 s otherwise
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+
+
 def test_a_detached_daemon_names_itself_with_mainpid(
         daemons: DaemonDirectory, notify_socket: NotifySocket) -> None:
     daemon = daemons.start(env={"NOTIFY_SOCKET": notify_socket.address})
@@ -147,22 +180,23 @@ def read_ready_pipe(fd: int) -> bytes:
 
 @pytest.mark.parametrize("how", [["run"], ["run", "--workers", "2"], ["start"]])
 def test_ready_fd_gets_one_newline_once_serving_then_closes(
-        tmp_path: pathlib.Path, daemons: DaemonDirectory, how: list[str]) -> None:
+        daemons: DaemonDirectory, how: list[str]) -> None:
     read_end, write_end = os.pipe()
     process = subprocess.Popen(
-        [REVERSERD, *how, "--port", "0", "--ready-fd", str(write_end)], cwd=tmp_path,
-        pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        [REVERSERD, *how, "--port", "0", "--pidfile", str(daemons.pidfile),
+         "--ready-fd", str(write_end)], cwd=daemons.path, pass_fds=(write_end,),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     os.close(write_end)
     try:
         readable, _, _ = select.select([read_end], [], [], DEADLINE)
         assert readable and os.read(read_end, 64) == b"\n"
-        # Ready means serving: the port is open the moment the newline arrives.
-        status = daemons.run("status", "--json") if how == ["start"] else None
-        assert read_ready_pipe(read_end) == b""
-        if status is not None:
+        # Ready means serving: the port answers the moment the newline arrives.
+        found = json.loads(daemons.run("status", "--json").stdout)
+        assert found["state"] == "running"
+        assert echoes(int(found["addresses"][0].rsplit(":", 1)[1]))
+        assert read_ready_pipe(read_end) == b""  # written once, then closed by every process
+        if how == ["start"]:
             assert process.wait(DEADLINE) == 0
-            assert '"state": "running"' in status.stdout
             daemons.remember(process.stdout.read() if process.stdout else "")
             daemons.stop()
         else:
@@ -173,6 +207,8 @@ def test_ready_fd_gets_one_newline_once_serving_then_closes(
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def test_start_finding_a_daemon_serving_reports_it_ready(daemons: DaemonDirectory) -> None:
