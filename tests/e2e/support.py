@@ -99,6 +99,7 @@ class ReverserdProcess:
         if self.popen.poll() is None:
             os.kill(self.pid, signal.SIGKILL)
             self.popen.wait()
+        self._reader.join(DEADLINE)  # closing stdout under the reading thread makes it raise
         for stream in (self.popen.stdout, self.popen.stderr):
             if stream is not None:
                 stream.close()
