@@ -20,11 +20,14 @@ from reverserd import (
     control,
     descriptions,
     endpoints,
+    handover,
     loops,
+    recorded,
     signals,
 )
 from reverserd.errors import UsageError, UserError, os_reason
 from reverserd.logs import LEVELS
+from reverserd.pidfile import RunFiles
 
 ACTIONS: dict[str, Callable[[config.Config], int]] = {
     "run": control.run_foreground,
@@ -32,10 +35,19 @@ ACTIONS: dict[str, Callable[[config.Config], int]] = {
     "stop": control.stop,
     "status": control.status,
     "restart": control.restart,
+    "reload": control.reload,
 }
-DAEMON_VERBS = ("start", "stop", "status", "restart")
+DAEMON_VERBS = ("start", "stop", "status", "restart", "reload")
 #: Options that make no sense in a config file: they choose what to do, not how.
 NOT_IN_CONFIG_FILE = frozenset({"help", "version", "config", "foreground", "ready_fd", "json"})
+#: Options a recorded command line does not pass on to a restart or reload.
+NOT_REPLAYED = frozenset({"verb", "help", "version", "foreground", "ready_fd", "json"})
+#: Verbs that start from the options the daemon was started with.
+REPLAYING_VERBS = ("restart", "reload")
+#: Options naming files, made absolute as soon as parsed: a recorded command
+#: line keeps its meaning when replayed from another directory.
+PATH_OPTIONS = ("config", "application_file", "state_file", "pidfile", "rundir", "logfile",
+                "chroot")
 #: Options that exclude each other; a command-line one overrides the config file's.
 EXCLUSIVE = (("logfile", "syslog"),)
 REVERSER_OPTIONS = ("port", "interface", "listen", "backlog", "max_line_length",
@@ -46,7 +58,9 @@ STDOUT = pathlib.Path("-")
 VERB_HELP = ("run: serve in the foreground (same as --foreground); start: detach a daemon "
              "and return once it serves (the default with -y or -f, as with twistd); stop: "
              "end it gracefully; status: say whether it runs (LSB exit codes); restart: "
-             "stop, then start")
+             "stop, then start; reload: start a new generation on the same sockets, "
+             "then retire the old one (also SIGHUP); restart and reload reuse the options "
+             "the daemon was started with, overridden by those given")
 Value = TypeVar("Value")
 LIMITS_GROUP = "limits (per serving process; with --workers, per worker)"
 
@@ -309,12 +323,58 @@ class _Unset:
 UNSET = _Unset()
 
 
-def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line over the config file over the defaults, checked."""
-    parser = build_parser()
-    dests = {action.dest for action in parser._actions if action.dest != "verb"}
+def _given(parser: argparse.ArgumentParser, dests: set[str], argv: Sequence[str] | None,
+           directory: str) -> argparse.Namespace:
+    """What one command line sets (``UNSET`` elsewhere), its paths taken from ``directory``."""
     given = parser.parse_args(argv, namespace=argparse.Namespace(
         **dict.fromkeys(dests, UNSET)))
+    for dest in PATH_OPTIONS:
+        value = getattr(given, dest)
+        if isinstance(value, pathlib.Path) and value != STDOUT:
+            setattr(given, dest, pathlib.Path(directory, value))
+    return given
+
+
+def _layered(parser: argparse.ArgumentParser, dests: set[str],
+             layers: Sequence[recorded.Layer], now: argparse.Namespace) -> argparse.Namespace:
+    """The recorded command lines, then this one, each option overriding the last layer's."""
+    merged = argparse.Namespace(**dict.fromkeys(dests, UNSET), verb=now.verb)
+    for layer in layers:
+        try:
+            given = _given(parser, dests, layer.arguments, layer.directory)
+        except UsageError as error:
+            raise UsageError(f"the recorded command line {' '.join(layer.arguments)!r} is "
+                             f"no longer valid: {error}") from None
+        _override(merged, given, dests - NOT_REPLAYED)
+    _override(merged, now, dests)
+    return merged
+
+
+def _override(merged: argparse.Namespace, given: argparse.Namespace, dests: set[str]) -> None:
+    for pair in EXCLUSIVE:
+        if any(getattr(given, dest) is not UNSET for dest in pair):
+            for dest in pair:
+                setattr(merged, dest, UNSET)
+    for dest in dests:
+        value = getattr(given, dest)
+        if value is not UNSET:
+            setattr(merged, dest, value)
+
+
+def _changes_options(given: argparse.Namespace, dests: set[str]) -> bool:
+    """Whether a command line sets more than which daemon it speaks to."""
+    return any(getattr(given, dest) is not UNSET for dest in dests - NOT_REPLAYED - {"pidfile"})
+
+
+def parse_options(argv: Sequence[str] | None = None,
+                  layers: Sequence[recorded.Layer] = ()) -> argparse.Namespace:
+    """The command line over the recorded ones (``layers``) over the config
+    file over the defaults, checked."""
+    parser = build_parser()
+    dests = {action.dest for action in parser._actions if action.dest != "verb"}
+    given = _given(parser, dests, argv, os.getcwd())
+    if layers:
+        given = _layered(parser, dests, layers, given)
     from_file: dict[str, object] = {}
     if given.config is not UNSET:
         from_file = config_file.read(given.config.absolute(), config_file_keys(parser))
@@ -375,9 +435,33 @@ def _settle_exclusive_options(given: argparse.Namespace, from_file: dict[str, ob
             raise UsageError(f"{path}: keys {keys} exclude each other")
 
 
-def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config]:
+def _replayed_layers(argv: Sequence[str] | None,
+                     successor: handover.Succeeding | None,
+                     ) -> tuple[tuple[recorded.Layer, ...], recorded.Layer | None]:
+    """The command lines recorded for the daemon this one restarts, reloads
+    or succeeds, and this one's own when it changes any option."""
+    parser = build_parser()
+    dests = {action.dest for action in parser._actions if action.dest != "verb"}
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    now = _given(parser, dests, arguments, os.getcwd())
+    starts_afresh = successor is None and now.verb not in REPLAYING_VERBS
+    own = recorded.Layer.of_this_process(arguments) \
+        if starts_afresh or _changes_options(now, dests) else None
+    if successor is not None:
+        return recorded.layers_from_json(successor.offer.layers), own
+    if now.verb not in REPLAYING_VERBS:
+        return (), own
+    pidfile = pathlib.Path(config.DEFAULT_PIDFILE) if now.pidfile is UNSET else now.pidfile
+    return recorded.read(RunFiles(pidfile.absolute())), own
+
+
+def parse_command(argv: Sequence[str] | None = None,
+                  successor: handover.Succeeding | None = None,
+                  ) -> tuple[str, config.Config]:
     """Turn a command line into a verb and a validated ``Config``."""
-    options = parse_options(argv)
+    replayed, own = _replayed_layers(argv, successor)
+    options = parse_options(argv, replayed)
+    layers = (*replayed, *(() if own is None else (own,)))
     verb = options.verb
     if options.foreground:
         if verb not in (None, "run"):
@@ -437,6 +521,8 @@ def parse_command(argv: Sequence[str] | None = None) -> tuple[str, config.Config
         write_timeout=options.write_timeout,
         ready_fd=options.ready_fd,
         json=options.json,
+        layers=layers,
+        successor=successor,
     )
 
 
@@ -487,13 +573,17 @@ def command() -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    successor = None
     try:
-        verb, settings = parse_command(argv)
+        successor = handover.from_environment()
+        verb, settings = parse_command(argv, successor)
         if verb != "run":
             signals.release()  # deferred only for a process that will serve in the foreground
         return ACTIONS[verb](settings)
     except UserError as error:
         print(f"reverserd: {error}", file=sys.stderr)
+        if successor is not None:
+            successor.failed(str(error))
         return error.exit_status
     except OSError as error:  # the environment refused something no check foresaw
         where = f": {error.filename}" if error.filename else ""

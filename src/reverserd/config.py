@@ -18,6 +18,8 @@ from reverserd.protocol import DEFAULT_MAX_LINE_LENGTH
 
 if TYPE_CHECKING:  # endpoints checks interfaces with this module's parse_interface
     from reverserd.endpoints import Endpoint
+    from reverserd.handover import Succeeding
+    from reverserd.recorded import Layer
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -88,6 +90,8 @@ class Config:
     write_timeout: float = limits.DEFAULT_WRITE_TIMEOUT
     ready_fd: int | None = None
     json: bool = False  # status: as one JSON object
+    layers: tuple[Layer, ...] = ()  # the command lines these options come from
+    successor: Succeeding | None = None  # the generation this process takes over from
 
     @property
     def saves_state(self) -> bool:

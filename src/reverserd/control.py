@@ -22,8 +22,21 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from reverserd import detach, launch, logs, loops, notify, privileges, signals, status_report
+from reverserd import (
+    detach,
+    handover,
+    launch,
+    logs,
+    loops,
+    notify,
+    privileges,
+    recorded,
+    reloading,
+    signals,
+    status_report,
+)
 from reverserd.config import DEFAULT_UMASK, Config
+from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
 from reverserd.pidfile import (
     Claim,
@@ -49,8 +62,10 @@ STATUS_RUNNING = 0
 STATUS_DEAD = 1
 STATUS_NOT_RUNNING = 3
 STATUS_UNKNOWN = 4
+RELOAD_NOT_RUNNING = 7  # LSB: "program is not running", for an action other than status
 
 POLL_INTERVAL = 0.01
+MAX_GENERATIONS = 3  # stopped by one stop: a reload under way, and one more for good measure
 DEATH_PATIENCE = 5.0
 REFRESH_PATIENCE = 1.0
 
@@ -77,16 +92,22 @@ def start(config: Config) -> int:
     privileges.ensure_directory(files.pidfile.parent, account, "its pidfile and lock file")
     _warn_if_shared(files.pidfile.parent, account)
     files.check_usable()
-    claimed = _claim(files, config.start_timeout)
+    if config.successor is not None:
+        claimed: Claim | int = _inherited_claim(files, config)
+    else:
+        claimed = _claim(files, config.start_timeout)
     if isinstance(claimed, int):
         supervision.already_running(claimed)
         say(f"already running: pid {claimed}")
         return 0
     try:
-        _remove_stale_files(claimed)
+        if config.successor is None:
+            _remove_stale_files(claimed)
+            recorded.write(claimed.directory, files, config.layers)
         logs.install(_open_daemon_log(config, account), config.log_level,
                      config.log_format or "full")
-        prepared = launch.prepare(config, claimed, jail, loop, supervision)
+        prepared = launch.prepare(config, claimed, jail, loop, supervision,
+                                  _reloader("start", config))
         spawned = detach.spawn(
             lambda reporter: _serve_as_daemon(prepared, claimed, reporter),
             detach.Detachment(rundir, umask,
@@ -115,6 +136,23 @@ def _serve_as_daemon(prepared: launch.Launch, claim: Claim,
     prepared.serve(claim, on_ready=reporter.ready)
 
 
+def _reloader(verb: str, config: Config) -> reloading.Reloader:
+    return reloading.Reloader(verb, config.layers, config.start_timeout,
+                              jailed=config.chroot is not None)
+
+
+def _inherited_claim(files: RunFiles, config: Config) -> Claim:
+    """The run files of the generation this one succeeds: its lock, passed on;
+    the pidfile stays the predecessor's until this generation takes over."""
+    assert config.successor is not None
+    offer = config.successor.offer
+    if offer.lock_fd is None:
+        raise UserError("the daemon being reloaded has no pidfile; this one cannot have one")
+    claim = Claim(files, RunLock.inherited(files.lock, offer.lock_fd), offer.reloads + 1)
+    claim.owns_files = False
+    return claim
+
+
 def _report_start(files: RunFiles, report: detach.Report, config: Config) -> int:
     pid = "?" if report.pid is None else str(report.pid)
     if report.outcome is detach.Outcome.READY:
@@ -122,7 +160,8 @@ def _report_start(files: RunFiles, report: detach.Report, config: Config) -> int
         return 0
     if report.outcome is detach.Outcome.TIMED_OUT and report.pid is not None:
         _signal(report.pid, signal.SIGKILL)
-    _clean_up_after_death(files)
+    if config.successor is None:
+        _clean_up_after_death(files)
     if report.outcome is detach.Outcome.FAILED:
         raise UserError(report.message)
     if report.outcome is detach.Outcome.TIMED_OUT:
@@ -160,19 +199,27 @@ def stop(config: Config) -> int:
             claim.release()
         say("is not running")
         return 0
-    target = _daemon(files, config.stop_timeout)
-    if target is None:
+    stopped: list[int] = []
+    while len(stopped) < MAX_GENERATIONS and (target := _daemon(files, config.stop_timeout)):
+        stopped.append(_end(files, *target, config.stop_timeout))
+    if not stopped:
         say("is not running")
         return 0
-    daemon, state = target
+    say(f"stopped: pid {stopped[0]}" + "".join(f", then its new generation, pid {pid}"
+                                               for pid in stopped[1:]))
+    return 0
+
+
+def _end(files: RunFiles, daemon: Process, state: DaemonState | None, timeout: float) -> int:
+    """Stop ``daemon`` and its workers; its pid. A reload under way may have
+    passed the lock on meanwhile: the caller looks again."""
     workers = _workers(daemon, state)
     stopping = state is not None and state.stopping  # a second SIGTERM would cut it short
-    killed = _end_daemon(files, daemon, config.stop_timeout, stopping)
-    _end_workers(workers, config.stop_timeout)
+    killed = _end_daemon(files, daemon, timeout, stopping)
+    _end_workers(workers, timeout)
     if killed:
         _remove_files_left_behind(files)
-    say(f"stopped: pid {daemon.pid}")
-    return 0
+    return daemon.pid
 
 
 def _daemon(files: RunFiles, timeout: float) -> tuple[Process, DaemonState | None] | None:
@@ -346,8 +393,12 @@ def _say_status(survey: Survey) -> None:
     elif survey.stopping and state is not None:
         say(f"stopping: pid {survey.pid}{_listening(state.addresses)}")
     elif survey.state == "running" and state is not None:
+        reloads = f", reloaded {count(state.reloads, 'time')}" if state.reloads else ""
         say(f"running: pid {state.pid}{_listening(state.addresses)}, "
-            f"up {format_duration(state.uptime())}, {count(state.lines_served, 'line')} served")
+            f"up {format_duration(state.uptime())}, {count(state.lines_served, 'line')} served"
+            f"{reloads}")
+        if state.reload_error:
+            say(f"last reload failed: {state.reload_error}")
         limits = _limits(state)
         if limits:
             say(f"closed by limits: {limits}")
@@ -416,8 +467,80 @@ def format_duration(seconds: float) -> str:
 
 
 def restart(config: Config) -> int:
+    """Stop, then start with the options the daemon was started with (as
+    overridden on this command line), from the directory it was started in."""
+    if config.layers:
+        directory = config.layers[0].directory
+        try:
+            os.chdir(directory)
+        except OSError as error:
+            raise UserError(f"cannot go back to {directory}, where the daemon was started: "
+                            f"{os_reason(error)}") from None
     stop(config)
     return start(config)
+
+
+def reload(config: Config) -> int:
+    """Have the daemon start a new generation on its sockets, and wait until
+    it serves; say why not if it cannot."""
+    files = _run_files(config, privileges.resolve(config.user, config.group))
+    target = None
+    if _inspect(files).liveness not in (Liveness.ABSENT, Liveness.STALE):
+        target = _daemon(files, config.stop_timeout)
+    if target is None:
+        say("not running")
+        return RELOAD_NOT_RUNNING
+    daemon, state = target
+    if state is None or state.stopping:
+        raise UserError(f"pid {daemon.pid} is {'stopping' if state else 'still starting'}; "
+                        "not reloading")
+    if config.chroot is not None:
+        raise UserError("a daemon inside --chroot cannot be reloaded yet; restart it")
+    previous = recorded.read(files)
+    _record_changes(files, config, previous)
+    asked = time.time()
+    try:
+        if not _send(daemon, signals.RELOAD_SIGNAL,
+                     lambda: holds_open(daemon.pid, files.lock) is not False):
+            raise UserError(f"pid {daemon.pid} exited before the reload")
+        successor = _await_successor(files, daemon, asked,
+                                     config.start_timeout + handover.SUCCESSOR_GRACE)
+    except BaseException:
+        _record_changes(files, config, previous, undo=True)
+        raise
+    say(f"reloaded: pid {daemon.pid} \N{RIGHTWARDS ARROW} {successor}")
+    return 0
+
+
+def _record_changes(files: RunFiles, config: Config, previous: tuple[recorded.Layer, ...],
+                    undo: bool = False) -> None:
+    """Record the options this ``reload`` changes, for the new generation to
+    read (and for later restarts); ``undo`` puts the record back as it was."""
+    if config.layers == previous:
+        return
+    directory = DirectoryHandle(files.pidfile.parent)
+    try:
+        recorded.write(directory, files, previous if undo else config.layers)
+    finally:
+        directory.close()
+
+
+def _await_successor(files: RunFiles, daemon: Process, asked: float, patience: float) -> int:
+    """The pid of the generation that took over from ``daemon``; the reason as
+    a ``UserError`` if the reload failed."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        found = _inspect(files)
+        state = found.state
+        if found.pid is not None and found.pid != daemon.pid and state is not None \
+                and state.pid == found.pid and found.liveness is Liveness.RUNNING:
+            return found.pid
+        if state is not None and state.pid == daemon.pid and state.reload_failed_at >= asked:
+            raise UserError(f"reload failed: {state.reload_error}; pid {daemon.pid} serves on")
+        if daemon.is_gone() and found.pid == daemon.pid:
+            raise UserError(f"pid {daemon.pid} exited during the reload")
+        time.sleep(POLL_INTERVAL)
+    raise UserError(f"no new generation took over within {patience:g} s")
 
 
 def run_foreground(config: Config) -> int:
@@ -436,16 +559,23 @@ def run_foreground(config: Config) -> int:
         privileges.ensure_directory(files.pidfile.parent, account, "its pidfile and lock file")
         _warn_if_shared(files.pidfile.parent, account)
         files.check_usable()
-        claimed = _claim(files, config.start_timeout)
-        if isinstance(claimed, int):
-            raise UserError(f"already running: pid {claimed}")
-        claim = claimed
+        if config.successor is not None:
+            claim = _inherited_claim(files, config)
+        else:
+            claimed = _claim(files, config.start_timeout)
+            if isinstance(claimed, int):
+                raise UserError(f"already running: pid {claimed}")
+            claim = claimed
+    elif config.successor is not None and config.successor.offer.lock_fd is not None:
+        raise UserError("the daemon being reloaded has a pidfile; this one needs it too")
     try:
-        if claim is not None:
+        if claim is not None and config.successor is None:
             _remove_stale_files(claim)
+            recorded.write(claim.directory, claim.files, config.layers)
         handler, log_format = _open_foreground_log(config, account)
         logs.install(handler, config.log_level, log_format)
-        prepared = launch.prepare(config, claim, jail, loop, supervision)
+        prepared = launch.prepare(config, claim, jail, loop, supervision,
+                                  _reloader("run", config))
         if config.rundir is not None:
             os.chdir(config.rundir)
         prepared.enter(claim)

@@ -65,6 +65,11 @@ class Endpoint:
         """Another socket for a worker process: by default the same one, shared."""
         return sock.dup()
 
+    def adopt(self, sock: socket.socket) -> socket.socket:
+        """Serve ``sock``, which an earlier generation bound here, as if bound
+        now: what ``bind`` reads (TLS keys) is read afresh."""
+        return sock
+
     def label(self, sock: socket.socket | None) -> str:
         """How the log and ``status`` name it: the real port once bound."""
         raise NotImplementedError
@@ -91,6 +96,11 @@ class Endpoint:
     def address_key(self) -> object:
         """Two endpoints with equal keys would listen on the same address."""
         return self.description
+
+    def handover_key(self) -> str:
+        """Which socket of the last generation a reload gives this endpoint:
+        one bound for an endpoint with the same key."""
+        return repr(self.address_key())
 
     def with_port(self, port: int) -> Endpoint:
         """The same endpoint on ``port``, what port 0 turned into (saved state)."""
@@ -131,11 +141,18 @@ class TCPEndpoint(Endpoint):
     def address_key(self) -> object:
         if self.port == 0:
             return object()  # a free port each: never the same address
+        return self._address()
+
+    def _address(self) -> tuple[str, str, int]:
         try:
             host = str(ipaddress.ip_address(self.interface))
         except ValueError:
             host = self.interface.lower()
         return ("tcp", host, self.port)
+
+    def handover_key(self) -> str:
+        """Port 0 included: the port it turned into is kept across reloads."""
+        return repr(self._address())
 
     def with_port(self, port: int) -> TCPEndpoint:
         return dataclasses.replace(self, port=port)
@@ -245,6 +262,21 @@ class UnixEndpoint(Endpoint):
     def kept_fds(self) -> list[int]:
         return [directory for directory, _ in self._bound]
 
+    def adopt(self, sock: socket.socket) -> socket.socket:
+        """Take on removing the socket file at stop, as its binder would: the
+        file at the path now is the one the socket was bound to."""
+        try:
+            directory = os.open(self.path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as error:
+            raise UserError(f"cannot listen on {self.label(None)}: {os_reason(error)}") from None
+        try:
+            status = os.stat(self.path.name, dir_fd=directory, follow_symlinks=False)
+        except OSError:
+            os.close(directory)  # removed meanwhile: nothing left to remove at stop
+            return sock
+        self._bound.append((directory, (status.st_dev, status.st_ino)))
+        return sock
+
     def address_key(self) -> object:
         return ("unix", os.path.normpath(self.path))
 
@@ -275,6 +307,11 @@ class TLSEndpoint(Endpoint):
         if not self._context:
             self._context.append(self._load())
         return self.tcp.bind(backlog, reuse_port)
+
+    def adopt(self, sock: socket.socket) -> socket.socket:
+        if not self._context:
+            self._context.append(self._load())
+        return sock
 
     def _load(self) -> ssl.SSLContext:
         """The server's TLS settings, from the files as they are now.
@@ -321,6 +358,9 @@ class TLSEndpoint(Endpoint):
 
     def address_key(self) -> object:
         return self.tcp.address_key()
+
+    def handover_key(self) -> str:
+        return self.tcp.handover_key()
 
     def with_port(self, port: int) -> Endpoint:
         return dataclasses.replace(self, tcp=self.tcp.with_port(port))
@@ -416,6 +456,9 @@ class ProxiedEndpoint(Endpoint):
     def replica(self, sock: socket.socket, backlog: int) -> socket.socket:
         return self.inner.replica(sock, backlog)
 
+    def adopt(self, sock: socket.socket) -> socket.socket:
+        return self.inner.adopt(sock)
+
     def label(self, sock: socket.socket | None) -> str:
         return f"proxied {self.inner.label(sock)}"
 
@@ -436,6 +479,9 @@ class ProxiedEndpoint(Endpoint):
 
     def address_key(self) -> object:
         return self.inner.address_key()
+
+    def handover_key(self) -> str:
+        return self.inner.handover_key()
 
     def with_port(self, port: int) -> Endpoint:
         return ProxiedEndpoint(self.inner.with_port(port))

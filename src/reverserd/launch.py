@@ -18,6 +18,7 @@ from reverserd import application, logs, persist, privileges, runner, workers
 from reverserd.config import Config
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
+from reverserd.handover import Offer, Succeeding
 from reverserd.jail import Jail
 from reverserd.listening import kept_fds, listening_services, release_all
 from reverserd.loops import LoopFactory
@@ -27,6 +28,7 @@ from reverserd.policy import Limits
 from reverserd.privileges import Account
 from reverserd.process_name import DEFAULT as DEFAULT_PROCESS_NAME
 from reverserd.process_name import set_process_name
+from reverserd.reloading import Reloader, socket_key
 from reverserd.service import Application
 
 
@@ -56,7 +58,9 @@ class Launch:
     limits: Limits
     worker_timeout: float
     supervision: Supervision
+    reloader: Reloader
     worker_sockets: list[list[socket.socket]] | None = None
+    successor: Succeeding | None = None
 
     def keep_fds(self) -> list[int]:
         """Descriptors the serving process needs, to keep through a detach."""
@@ -65,14 +69,22 @@ class Launch:
             fds.extend(sock.fileno() for sock in sockets)
         if self.state_directory is not None:
             fds.append(self.state_directory.fd)
+        if self.successor is not None:
+            fds.extend(self.successor.keep_fds())
         return [*fds, *self.supervision.keep_fds()]
 
     def enter(self, claim: Claim | None) -> None:
-        """Become the serving process: pidfile, name, chroot, account."""
+        """Become the serving process: pidfile, name, chroot, account.
+
+        A new generation writes no pidfile yet: it replaces its
+        predecessor's once it takes over.
+        """
         owner = None
         if self.account is not None and not self.account.is_current():
             owner = (self.account.uid, self.account.gid)
-        if claim is not None:
+        if self.successor is not None:
+            self.successor.detached()
+        elif claim is not None:
             claim.write_pidfile(owner)
         set_process_name(self.application.process_name or DEFAULT_PROCESS_NAME)
         if self.jail is not None:
@@ -89,7 +101,8 @@ class Launch:
                                             self.loop[1], self.worker_timeout,
                                             self.supervision)
         runner.run(self.application, claim, on_ready, self.state_directory, self.loop,
-                   supervisor, self.limits, self.supervision)
+                   supervisor, self.limits, self.supervision,
+                   runner.Generations(self.reloader, self.successor))
 
     def close(self) -> None:
         if self.state_directory is not None:
@@ -102,8 +115,15 @@ def plan_jail(config: Config) -> Jail | None:
 
 
 def prepare(config: Config, claim: Claim | None, jail: Jail | None,
-            loop: tuple[str, LoopFactory], supervision: Supervision) -> Launch:
-    """Load, check and bind, as the launcher; nothing serves yet."""
+            loop: tuple[str, LoopFactory], supervision: Supervision,
+            reloader: Reloader) -> Launch:
+    """Load, check and bind, as the launcher; nothing serves yet.
+
+    A new generation (``config.successor``) binds only the listeners its
+    predecessor did not have: the others take over the predecessor's
+    sockets, and accept only once the predecessor has let go.
+    """
+    successor = config.successor
     app = application.load(config)
     account = privileges.resolve(app.uid if config.user is None else config.user,
                                  app.gid if config.group is None else config.group)
@@ -120,6 +140,8 @@ def prepare(config: Config, claim: Claim | None, jail: Jail | None,
         if config.workers > 1:
             for server in listening_services(app):
                 server.reuse_port = True
+        if successor is not None:
+            _adopt_sockets(app, successor.offer)
         app.privileged_start_service()
         if config.workers > 1:
             worker_sockets = workers.bind_worker_sockets(app, config.workers)
@@ -133,10 +155,23 @@ def prepare(config: Config, claim: Claim | None, jail: Jail | None,
             server.close_socket()
         release_all(app)
         raise
+    finally:
+        if successor is not None:
+            successor.offer.close_unused()
     limits = Limits(config.max_connections, config.max_connections_per_peer,
                     config.idle_timeout, config.write_timeout, config.proxy_from)
     return Launch(app, account, jail, state_directory, loop, limits, config.worker_timeout,
-                  supervision, worker_sockets)
+                  supervision, reloader, worker_sockets, successor)
+
+
+def _adopt_sockets(app: Application, offer: Offer) -> None:
+    """Serve the predecessor's sockets where the listeners match, holding
+    every listener back from accepting until the take-over."""
+    for server in listening_services(app):
+        server.hold_accepting = True
+        sock = offer.take_socket(0, socket_key(server))
+        if sock is not None:
+            server.adopt_socket(sock)
 
 
 def _hand_over_run_files(claim: Claim | None, account: Account) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -87,7 +88,7 @@ class ListeningService(Service):
         self._resuming: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set while serving
         self.policy: ConnectionPolicy | None = None  # the process's; a default one if unset
-        self._connections: dict[LineHandler, asyncio.StreamWriter] = {}
+        self._connections: dict[LineHandler, asyncio.StreamWriter | None] = {}
         self._opening: set[asyncio.Task[None]] = set()  # PROXY headers, TLS handshakes
         self._all_closed: asyncio.Future[None] | None = None  # awaited while stopping
         self._lines_before = 0  # by connections now closed, and before a restore
@@ -97,6 +98,7 @@ class ListeningService(Service):
         self._owns_files = False  # this process bound the socket: it removes its file
         self._tls: ssl.SSLContext | None = None  # read when bound
         self._opens_first = False  # a PROXY header or a TLS handshake before the lines
+        self.hold_accepting = False  # a new generation accepts only once it takes over
         self._forget_handler = self._forget  # one bound method shared by every handler
 
     @property
@@ -182,6 +184,25 @@ class ListeningService(Service):
         self._socket = sock
         self._owns_files = False
 
+    def adopt_socket(self, sock: socket.socket) -> None:
+        """Serve on ``sock``, bound by an earlier generation of the daemon,
+        instead of binding; its file stays the earlier generation's until
+        ``take_ownership``."""
+        self._socket = self.endpoint.adopt(sock)
+        self._owns_files = False
+        self._queue_length = self.endpoint.queue_length(sock, self.backlog)
+        if sock.family != socket.AF_UNIX:
+            self._listened_port = sock.getsockname()[1]
+
+    def take_ownership(self) -> None:
+        """This generation took over from the last: it removes the file at stop."""
+        self._owns_files = self._socket is not None
+
+    def disown(self) -> None:
+        """The next generation serves this socket too, and owns its file:
+        closing this copy must leave both alone."""
+        self._owns_files = False
+
     def hand_over(self, uid: int, gid: int) -> None:
         """Give the socket file, if there is one, to the account the daemon runs as."""
         self.endpoint.hand_over(uid, gid)
@@ -195,8 +216,9 @@ class ListeningService(Service):
 
     def release(self) -> None:
         """Remove what binding left on disk (a socket file), while the socket is
-        still open; the process that bound it does, once."""
-        self.endpoint.release()
+        still open; the process that owns it does, once."""
+        if self._owns_files:
+            self.endpoint.release()
 
     @property
     def where(self) -> str:
@@ -217,10 +239,23 @@ class ListeningService(Service):
         self.handler_class.prepare()
         self._tls = self.endpoint.tls_context()
         self._opens_first = self.endpoint.proxied or self._tls is not None
-        self._accepting = True
-        await self._accept_on_duplicate(self._accept_generation)
+        if not self.hold_accepting:
+            self._accepting = True
+            await self._accept_on_duplicate(self._accept_generation)
         self.policy.attach(self)
         await super().start_service()
+        log.info("%s on %s", "ready to accept" if self.hold_accepting else "listening",
+                 self.where)
+
+    async def begin_accepting(self) -> None:
+        """Accept at last, once a new generation has taken over from the last."""
+        if not self.hold_accepting:
+            return
+        self.hold_accepting = False
+        if self._loop is None or self._socket is None:
+            return
+        self._accepting = True
+        await self._accept_on_duplicate(self._accept_generation)
         log.info("listening on %s", self.where)
 
     async def _accept_on_duplicate(self, generation: int) -> None:
@@ -266,13 +301,70 @@ class ListeningService(Service):
     def resume_accepting(self) -> None:
         """Accept again, unless stopping, already accepting or at the cap."""
         allowed = self.policy is None or self.policy.may_accept
-        if self._accepting or self._socket is None or self._loop is None \
-                or self._all_closed is not None or not allowed:
+        if self._accepting or self.hold_accepting or self._socket is None \
+                or self._loop is None or self._all_closed is not None or not allowed:
             return
         self._accepting = True
         self._accept_generation += 1
         self._resuming = self._loop.create_task(  # held: the loop keeps only a weak reference
             self._accept_on_duplicate(self._accept_generation))
+
+    def hold_connections(self) -> None:
+        """For a reload: accept no more, read no more; each connection goes to
+        the next generation as soon as it is ``passable`` (TLS ones never are:
+        their encryption state cannot leave this process; they finish here)."""
+        self.hold_accepting = True
+        self.pause_accepting()
+        if self._tls is None:
+            for handler in self._connections:
+                handler.hold()
+
+    def passable_connections(self) -> list[LineHandler]:
+        if self._tls is not None:
+            return []
+        return [handler for handler in self._connections if handler.passable]
+
+    def holds_connections(self) -> int:
+        """Connections held for the next generation, not passed on yet."""
+        return 0 if self._tls is not None else len(self._connections)
+
+    def duplicate(self, handler: LineHandler) -> socket.socket:
+        """A duplicate of ``handler``'s connection, for the next generation."""
+        assert handler.transport is not None
+        connection = handler.transport.get_extra_info("socket")
+        return socket.socket(fileno=os.dup(connection.fileno()))
+
+    def forget_passed(self, handler: LineHandler) -> None:
+        """The next generation has the connection: forget it without a word
+        to the client (this descriptor closes; the connection stays open)."""
+        transport = handler.transport
+        assert transport is not None
+        handler.on_closed = None
+        self._forget(handler)
+        transport.abort()
+
+    async def adopt_connection(self, sock: socket.socket, partial: bytes,
+                               client: object) -> None:
+        """Serve a connection the last generation passed on, from where it left it."""
+        assert self._loop is not None and self.policy is not None
+        handler = self.handler_class(self.max_line_length, self._forget_handler)
+        handler.client = client
+        handler.resume_line(partial)
+        self._connections[handler] = None
+        try:
+            await self._loop.connect_accepted_socket(lambda: handler, sock)
+        except OSError as error:
+            log.debug("cannot take over a connection: %s", error)
+            self._connections.pop(handler, None)
+            sock.close()
+            return
+        admitted = self.policy.admit(handler, self._loop.time(), self)
+        if admitted and self.endpoint.proxied:
+            admitted = self.policy.admit_peer(handler)
+        if not admitted:
+            handler.abort()
+        elif self._all_closed is not None:
+            handler.request_stop()
 
     def accepts_on(self, fileno: int) -> bool:
         return self._accept_socket is not None and self._accept_socket.fileno() == fileno

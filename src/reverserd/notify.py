@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import MutableMapping
 
 from reverserd.errors import os_reason
@@ -47,6 +48,7 @@ class Notifier:
 
     def __init__(self, address: str, watchdog_usec: int | None, started_as: int) -> None:
         self.address = address
+        self.watchdog_usec = watchdog_usec
         self.started_as = started_as
         self.watchdog_interval = (None if watchdog_usec is None
                                   else max(MIN_WATCHDOG_INTERVAL, watchdog_usec / 2e6))
@@ -229,6 +231,36 @@ class Supervision:
     def ping(self) -> None:
         if self.notifier is not None:
             self.notifier.send("WATCHDOG=1")
+
+    def reloading(self) -> None:
+        """A reload began: systemd waits for the next ``READY=1``."""
+        if self.notifier is not None:
+            now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={now}", _status("reloading"))
+
+    def reload_failed(self, reason: str) -> None:
+        """The reload failed and this generation serves on: ready again."""
+        if self.notifier is not None:
+            self.notifier.send("READY=1", _status(f"reload failed: {reason}"))
+
+    def hand_over(self, successor: int) -> None:
+        """The next generation serves: systemd follows it from now on, and
+        this one, which stops, says nothing more."""
+        if self.notifier is not None:
+            self.notifier.send(f"MAINPID={successor}", "READY=1",
+                               _status(f"reloaded: pid {successor} serves"))
+        self.close()
+        self.notifier = self.ready_descriptor = None
+
+    def successor_environment(self) -> dict[str, str]:
+        """What the next generation needs to speak to systemd in turn
+        (without ``WATCHDOG_PID``: it is not this pid's any more)."""
+        if self.notifier is None:
+            return {}
+        environment = {NOTIFY_VARIABLE: self.notifier.address}
+        if self.notifier.watchdog_usec is not None:
+            environment["WATCHDOG_USEC"] = str(self.notifier.watchdog_usec)
+        return environment
 
     def keep_fds(self) -> list[int]:
         """Descriptors the serving process needs, to keep through a detach."""

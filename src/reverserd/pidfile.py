@@ -11,6 +11,9 @@
     open file, so ``start`` takes it before forking and the daemon keeps it.
 ``reverserd.pid.state``
     What the daemon reports once it serves: pid, start time, addresses.
+``reverserd.pid.options``
+    The command lines the daemon was started with, which ``restart`` and
+    ``reload`` use again; kept after a stop.
 
 These files may sit in a directory other users can write, such as /tmp, so
 none is taken on trust: each is opened without following a symbolic link and
@@ -43,6 +46,8 @@ OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 PIDFILE_BYTES = 64  # a pid and a newline, with room to spare
 STATE_BYTES = 1 << 20  # a state file names a few addresses and workers: far less than this
 PID_MAX_LIMIT = 4_194_304  # Linux never hands out a larger pid
+HANDOVER_RETRIES = 50
+HANDOVER_PAUSE = 0.002  # seconds: a reload rewrites pidfile and state file within about 1 ms
 
 
 class RunFileRefused(UserError):
@@ -161,6 +166,10 @@ class RunFiles:
     def state(self) -> pathlib.Path:
         return self.pidfile.with_name(self.pidfile.name + ".state")
 
+    @property
+    def options(self) -> pathlib.Path:
+        return self.pidfile.with_name(self.pidfile.name + ".options")
+
     def check_usable(self) -> None:
         """Refuse a pidfile path that could only be misused, before anything runs.
 
@@ -173,7 +182,7 @@ class RunFiles:
             raise UserError(f"cannot use pidfile {self.pidfile}: "
                             f"directory {directory} does not exist")
         for kind, path in (("pidfile", self.pidfile), ("lock file", self.lock),
-                           ("state file", self.state)):
+                           ("state file", self.state), ("options file", self.options)):
             try:
                 found = path.lstat()
             except FileNotFoundError:
@@ -194,6 +203,25 @@ class RunLock:
         self.directory = directory
         self.name = name
         self.fd = fd
+
+    @classmethod
+    def inherited(cls, path: pathlib.Path, fd: int) -> RunLock:
+        """The lock a predecessor passed on: the same open file, so the lock
+        was never free; refused unless it is the lock file at ``path``."""
+        try:
+            directory = DirectoryHandle(path.parent)
+        except OSError as error:
+            os.close(fd)
+            raise UserError(f"cannot open the directory of {path}: {os_reason(error)}") from None
+        on_disk = directory.lstat(path.name)
+        held = os.fstat(fd)
+        if on_disk is None or (held.st_dev, held.st_ino) != (on_disk.st_dev, on_disk.st_ino):
+            os.close(fd)
+            directory.close()
+            raise UserError(f"the lock passed on is not {path}: the pidfile cannot change "
+                            "in a reload")
+        os.set_inheritable(fd, False)
+        return cls(directory, path.name, fd)
 
     @classmethod
     def try_acquire(cls, path: pathlib.Path, owners: Owners) -> RunLock | None:
@@ -332,7 +360,9 @@ class DaemonState:
     ``write-timeout``, ...); ``paused`` the times accepting paused.
     ``stopping`` says a graceful stop has begun: a ``start`` meanwhile waits
     for the daemon to be gone, then starts another, instead of reporting it
-    as running.
+    as running. ``reloads`` counts the generations before this one;
+    ``reload_error`` is why the last reload failed, at ``reload_failed_at``
+    (what ``reload`` waits for besides a new pid).
     """
 
     pid: int
@@ -345,6 +375,9 @@ class DaemonState:
     paused: int = 0
     stopping: bool = False
     activity: Activity = Activity()
+    reloads: int = 0
+    reload_error: str = ""
+    reload_failed_at: float = 0.0
 
     def uptime(self) -> float:
         return max(0.0, time.time() - self.started)
@@ -377,7 +410,10 @@ def _state_from(fields: Any) -> DaemonState:
                         for reason, number in fields.get("closed", {}).items()},
                        int(fields.get("paused", 0)),
                        fields.get("stopping", False) is True,
-                       _activity_from(fields.get("activity", {})))
+                       _activity_from(fields.get("activity", {})),
+                       int(fields.get("reloads", 0)),
+                       _text(fields.get("reload_error", "")),
+                       _moment(fields.get("reload_failed_at", 0.0)))
 
 
 def _activity_from(fields: Any) -> Activity:
@@ -447,15 +483,24 @@ def inspect(files: RunFiles) -> Inspection:
         if os.path.lexists(files.pidfile):
             return Inspection(Liveness.STALE, pid)
         return Inspection(Liveness.ABSENT)
-    if pid is None or holds_open(pid, files.lock) is False:
-        return Inspection(Liveness.STARTING, pid)
-    try:
-        state = read_state(files.state, Owners.of_daemon(process_uid(pid)))
-    except RunFileRefused as refusal:  # planted, or not a file: the lock still tells
-        return Inspection(Liveness.RUNNING, pid,
-                          ignored=f"ignoring {refusal.kind} {refusal.path}: {refusal.reason}")
-    if state is not None and state.pid == pid:
-        return Inspection(Liveness.STOPPING if state.stopping else Liveness.RUNNING, pid, state)
+    for _ in range(HANDOVER_RETRIES):
+        if pid is None or holds_open(pid, files.lock) is False:
+            return Inspection(Liveness.STARTING, pid)
+        try:
+            state = read_state(files.state, Owners.of_daemon(process_uid(pid)))
+        except RunFileRefused as refusal:  # planted, or not a file: the lock still tells
+            return Inspection(Liveness.RUNNING, pid,
+                              ignored=f"ignoring {refusal.kind} {refusal.path}: "
+                              f"{refusal.reason}")
+        if state is not None and state.pid == pid:
+            return Inspection(Liveness.STOPPING if state.stopping else Liveness.RUNNING, pid,
+                              state)
+        if state is None or holds_open(state.pid, files.lock) is not True:
+            break
+        # A reload: the next generation rewrites the pidfile, then the state
+        # file, a moment apart; read both again rather than report "starting".
+        time.sleep(HANDOVER_PAUSE)
+        pid = read_pid(files.pidfile, files.owners)
     return Inspection(Liveness.STARTING, pid)
 
 
@@ -554,9 +599,12 @@ class Claim:
     all of this works unchanged inside a chroot.
     """
 
-    def __init__(self, files: RunFiles, lock: RunLock) -> None:
+    def __init__(self, files: RunFiles, lock: RunLock, reloads: int = 0) -> None:
         self.files = files
         self.lock = lock
+        self.reloads = reloads
+        self.reload_failure: tuple[float, str] = (0.0, "")
+        self.owns_files = True  # False once handed over, or until a new generation takes over
         self._wrote_pidfile = False
         self._serving_since: float | None = None
 
@@ -599,20 +647,38 @@ class Claim:
         if owner is not None:
             os.chown(self.files.pidfile, *owner, follow_symlinks=False)
 
+    def take_over(self) -> None:
+        """Put this process's pid in the pidfile its predecessor wrote, in one
+        rename: at no moment is there no pidfile, or half of one."""
+        self.directory.write_atomically(self.files.pidfile.name, f"{os.getpid()}\n".encode())
+        self.owns_files = self._wrote_pidfile = True
+
+    def hand_over_to_successor(self) -> None:
+        """The next generation owns the run files from now on: this one
+        neither writes nor removes them any more, and at release only closes
+        the lock (which the successor holds through the same open file)."""
+        self.owns_files = self._wrote_pidfile = False
+
     def write_state(self, addresses: tuple[str, ...], lines_served: int,
                     workers: tuple[WorkerState, ...] = (),
                     closed: dict[str, int] | None = None, paused: int = 0,
                     stopping: bool = False, activity: Activity | None = None) -> None:
         """Say the daemon serves (first call) or refresh what it says."""
+        if not self.owns_files:
+            return
         now = time.time()
         if self._serving_since is None:
             self._serving_since = now
         state = DaemonState(os.getpid(), self._serving_since, addresses, lines_served, now,
                             workers, dict(closed or {}), paused, stopping,
-                            activity or Activity())
+                            activity or Activity(), self.reloads, self.reload_failure[1],
+                            self.reload_failure[0])
         self.directory.write_atomically(self.files.state.name, state.to_json())
 
     def release(self) -> None:
+        if not self.owns_files:
+            self.lock.close()
+            return
         if self.directory.fd >= 0:
             self.directory.unlink(self.files.state.name)
             if self._wrote_pidfile:

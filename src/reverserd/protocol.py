@@ -97,6 +97,7 @@ class LineHandler(asyncio.Protocol):
 
     __slots__ = (
         "_closing",
+        "_held",
         "_kernel_checked",
         "_limit",
         "_partial",
@@ -144,6 +145,7 @@ class LineHandler(asyncio.Protocol):
         self._writing_paused = False
         self._closing = False
         self._stopping = False
+        self._held = False  # reading for good: to be passed to the daemon's next generation
 
     @property
     def peer(self) -> str:
@@ -186,6 +188,32 @@ class LineHandler(asyncio.Protocol):
         """Stop reading; close once every reply so far has been sent."""
         self._closing = True
 
+    def hold(self) -> None:
+        """Read nothing more: this connection goes to the next generation of
+        the daemon once its replies are sent (see ``passable``)."""
+        self._held = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    @property
+    def passable(self) -> bool:
+        """Whether the connection can change hands now without a byte lost:
+        held, every reply sent, nothing read and unanswered but the start of
+        a line (``partial_line``), and its own protocol (past a PROXY header)."""
+        transport = self.transport
+        return (self._held and self._pending is None and not self._closing
+                and not self._stopping and transport is not None
+                and not transport.is_closing() and transport.get_protocol() is self
+                and transport.get_write_buffer_size() == 0)
+
+    @property
+    def partial_line(self) -> bytes:
+        return self._partial
+
+    def resume_line(self, partial: bytes) -> None:
+        """Go on from the start of a line the last generation read (before any byte is read)."""
+        self._partial = partial
+
     def request_stop(self) -> None:
         """Finish the lines already received, then close (server shutdown).
 
@@ -200,6 +228,7 @@ class LineHandler(asyncio.Protocol):
         if self._stopping or self.transport is None:
             return
         self._stopping = True
+        self._held = False
         if self._pending is None:
             self.transport.resume_reading()
         if self.lines_answered or self._partial:  # it has sent something already
@@ -318,7 +347,8 @@ class LineHandler(asyncio.Protocol):
         if self._closing:
             return
         if self._pending is None:
-            self.transport.resume_reading()
+            if not self._held:
+                self.transport.resume_reading()
         else:
             asyncio.get_running_loop().call_soon(self._answer_pending)
 
@@ -351,7 +381,8 @@ class LineHandler(asyncio.Protocol):
             return
         self._pending = None
         self._respond(*pending)
-        if self._pending is None and not self._closing and not self._writing_paused:
+        if self._pending is None and not self._closing and not self._writing_paused \
+                and not self._held:
             transport.resume_reading()
 
     def _respond(self, data: bytes, start: int = 0, turn: int = 0) -> None:

@@ -16,9 +16,10 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from reverserd import __version__, logs, persist, signals
+from reverserd import __version__, logs, persist, reloading, signals
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
+from reverserd.handover import Outcome, Succeeding
 from reverserd.listening import lines_served, listening_addresses, listening_services, release_all
 from reverserd.loops import LoopFactory
 from reverserd.notify import Supervision
@@ -31,7 +32,13 @@ from reverserd.policy import (
     raise_descriptor_limit,
 )
 from reverserd.service import Application
-from reverserd.signals import HANDLED_SIGNALS, REFRESH_SIGNAL, REOPEN_SIGNALS, STOP_SIGNALS
+from reverserd.signals import (
+    HANDLED_SIGNALS,
+    REFRESH_SIGNAL,
+    RELOAD_SIGNAL,
+    REOPEN_SIGNALS,
+    STOP_SIGNALS,
+)
 from reverserd.wording import count
 
 log = logging.getLogger(__name__)
@@ -55,12 +62,35 @@ class ApplicationFailed(UserError):
     """The application raised while starting or stopping; the traceback is in the log."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Generations:
+    """How this generation of the daemon starts the next (``reloader``), and
+    the one it takes over from, if it is a new generation (``successor``)."""
+
+    reloader: reloading.Reloader | None = None
+    successor: Succeeding | None = None
+
+
+def take_over(successor: Succeeding, claim: Claim | None, application: Application) -> None:
+    """Become the daemon in place of the predecessor, which agreed: the
+    pidfile names this process from now on, and the sockets are its own."""
+    if not successor.may_take_over():
+        raise UserError(f"pid {successor.offer.predecessor} began to stop during the reload; "
+                        "not taking over")
+    if claim is not None:
+        claim.take_over()
+    for server in listening_services(application):
+        server.take_ownership()
+    log.info("took over from pid %d", successor.offer.predecessor)
+
+
 def run(application: Application, claim: Claim | None = None,
         on_ready: ReadyCallback | None = None,
         save_to: DirectoryHandle | None = None,
         loop: tuple[str, LoopFactory] = ("asyncio", asyncio.new_event_loop),
         supervisor: Supervise | None = None, limits: Limits | None = None,
-        supervision: Supervision | None = None) -> None:
+        supervision: Supervision | None = None,
+        generations: Generations | None = None) -> None:
     """Serve ``application`` until SIGTERM or SIGINT, then stop it gracefully.
 
     ``claim``'s state file is written once the application serves, and
@@ -77,6 +107,9 @@ def run(application: Application, claim: Claim | None = None,
     notifications, s6's readiness descriptor), before ``on_ready``: a
     detached daemon's launcher exits at ``on_ready``, and systemd must know
     the daemon's pid by then.
+
+    ``generations`` makes SIGHUP reload (see ``reloading``), and makes a new
+    generation take over from its predecessor before it accepts.
     """
     loop_name, loop_factory = loop
     log.info("reverserd %s starting: Python %s, pid %d, application %s, %s loop%s",
@@ -92,6 +125,16 @@ def run(application: Application, claim: Claim | None = None,
     stopping = False
     supervision = supervision or Supervision()
     announced = False
+    generations = generations or Generations()
+    reload = None
+    if generations.reloader is not None:
+        reload = reloading.Reload(generations.reloader, application, claim, supervision)
+    successor = generations.successor
+
+    def take_over_and_say_so() -> None:
+        assert successor is not None
+        take_over(successor, claim, application)
+        write_state()
 
     def write_state() -> None:
         if claim is not None:
@@ -108,15 +151,23 @@ def run(application: Application, claim: Claim | None = None,
         except OSError as error:
             log.warning("cannot write the state file: %s", os_reason(error))
 
+    receiving: list[reloading.Receiving] = []  # held while it runs
+
     def ready(addresses: tuple[str, ...]) -> None:
         nonlocal announced
         announced = True
+        if successor is not None and successor.taken():
+            if supervisor is None:
+                receiving.append(reloading.Receiving(successor, application))
+            else:
+                successor.close()
         supervision.ready(addresses)
         if on_ready is not None:
             on_ready(addresses)
 
     def announce(addresses: tuple[str, ...]) -> None:
-        write_state()
+        if successor is None:
+            write_state()  # a new generation wrote it as it took over
         ready(addresses)
 
     try:
@@ -125,9 +176,11 @@ def run(application: Application, claim: Claim | None = None,
             supervisor.run(ready, limits)
         else:
             with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
-                loop_runner.run(serve(application, announce, write_state, policy,
-                                      on_stop=mark_stopping, watchdog=supervision))
-        if save_to is not None:
+                loop_runner.run(serve(
+                    application, announce, write_state, policy, on_stop=mark_stopping,
+                    watchdog=supervision, reload=reload,
+                    take_over=None if successor is None else take_over_and_say_so))
+        if save_to is not None and (claim is None or claim.owns_files):
             _save(application, save_to)
     finally:
         release_all(application)
@@ -155,7 +208,9 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
                 on_tick: TickCallback | None = None,
                 on_stop: Callable[[], None] | None = None,
                 watchdog: Supervision | None = None,
-                stop_now_signal: int | None = None) -> None:
+                stop_now_signal: int | None = None,
+                reload: reloading.Reload | None = None,
+                take_over: Callable[[], None] | None = None) -> None:
     """Start ``application``, wait for a stop signal, stop it gracefully.
 
     A second stop signal cancels the graceful stop: connections still busy
@@ -173,6 +228,12 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
     With ``stop_now_signal`` (a worker's), only that signal cuts a graceful
     stop short: a supervisor signalling the whole process group and the
     main process passing the stop on are one request, not two.
+
+    SIGHUP starts a ``reload``; once the new generation has taken over,
+    this one stops as at SIGTERM. Without ``reload`` (a worker: its main
+    process reloads) SIGHUP is ignored. ``take_over`` runs once every
+    service started, before any listener accepts: a new generation's
+    handshake with the one it replaces.
     """
     loop = asyncio.get_running_loop()
     policy = policy or ConnectionPolicy()
@@ -243,6 +304,51 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
             refresh_pending = True
 
     loop.add_signal_handler(REFRESH_SIGNAL, on_refresh_signal)
+    reload_pending = False
+    polling: asyncio.TimerHandle | None = None
+
+    def on_reload_signal() -> None:
+        nonlocal reload_pending
+        if reload is None:
+            log.debug("received SIGHUP; the main process reloads")
+            return
+        if stop_requested.is_set():
+            log.info("received SIGHUP while stopping; not reloading")
+            return
+        if not serving.is_set():
+            reload_pending = True
+            return
+        reopen_log(RELOAD_SIGNAL, quiet=True)
+        settled(reload.request())
+        poll_reload()
+
+    def poll_reload() -> None:
+        nonlocal polling
+        assert reload is not None
+        polling = None
+        settled(reload.poll(stop_requested.is_set()))
+        if reload.under_way:
+            polling = loop.call_later(reloading.POLL_INTERVAL, poll_reload)
+
+    def settled(outcome: Outcome | None) -> None:
+        if outcome is None:
+            return
+        if outcome.successor is not None:
+            pass_connections()
+        else:
+            refresh()
+
+    def pass_connections() -> None:
+        nonlocal polling
+        assert reload is not None and reload.passing is not None
+        polling = None
+        if reload.passing.step():
+            reload.passing = None
+            stop_requested.set()
+        else:
+            polling = loop.call_later(reloading.POLL_INTERVAL, pass_connections)
+
+    loop.add_signal_handler(RELOAD_SIGNAL, on_reload_signal)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
     signals.redeliver()
     try:
@@ -251,12 +357,19 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         try:
             serving.set()
             tick()
+            with _reported(application, "could not take over"):
+                if take_over is not None:
+                    take_over()
+                for server in listening_services(application):
+                    await server.begin_accepting()
             if on_ready is not None:
                 on_ready(listening_addresses(application))
             if ping_interval is not None:
                 ping()
             if refresh_pending:
                 refresh()
+            if reload_pending:
+                on_reload_signal()
             await stop_requested.wait()
             if on_stop is not None:
                 on_stop()
@@ -269,25 +382,32 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
                     if not forced:
                         raise
     finally:
-        for timer in (ticking, pinging):
+        if reload is not None and reload.under_way:
+            reload.poll(stopping=True)  # sends the successor away: this generation stops
+        for timer in (ticking, pinging, polling):
             if timer is not None:
                 timer.cancel()
         for signum in handled:
             loop.remove_signal_handler(signum)
 
 
-def reopen_log(signum: int) -> None:
+def reopen_log(signum: int, quiet: bool = False) -> None:
+    """Reopen the log file (after logrotate moved it); ``quiet`` when that is
+    only a part of what the signal asks for."""
     if logs.installed_log_file() is None:
-        log.info("received %s; no log file to reopen (logging to stdout or syslog)",
-                 signal.Signals(signum).name)
+        if not quiet:
+            log.info("received %s; no log file to reopen (logging to stdout or syslog)",
+                     signal.Signals(signum).name)
         return
-    log.info("received %s, reopening the log file", signal.Signals(signum).name)
+    if not quiet:
+        log.info("received %s, reopening the log file", signal.Signals(signum).name)
     try:
         logs.reopen()
     except OSError as error:
         log.error("cannot reopen the log file: %s", error)
         return
-    log.info("log file reopened")
+    if not quiet:
+        log.info("log file reopened")
 
 
 @contextlib.contextmanager

@@ -16,9 +16,10 @@ import signal
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-REOPEN_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
+REOPEN_SIGNALS = (signal.SIGUSR1,)
+RELOAD_SIGNAL = signal.SIGHUP
 REFRESH_SIGNAL = signal.SIGUSR2
-HANDLED_SIGNALS = (*STOP_SIGNALS, *REOPEN_SIGNALS, REFRESH_SIGNAL)
+HANDLED_SIGNALS = (*STOP_SIGNALS, *REOPEN_SIGNALS, RELOAD_SIGNAL, REFRESH_SIGNAL)
 
 _pending: list[int] = []  # caught while deferring: each signal once, in order of arrival
 

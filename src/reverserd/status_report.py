@@ -58,6 +58,8 @@ def to_json(survey: Survey, now: float | None = None) -> str:
         "accept_pauses": None if daemon is None else daemon.paused,
         "handler_errors": None if daemon is None else daemon.activity.handler_errors,
         "workers": [] if daemon is None else [_worker(worker, now) for worker in daemon.workers],
+        "reloads": None if daemon is None else daemon.reloads,
+        "last_reload_error": None if daemon is None else daemon.reload_error or None,
         "detail": survey.detail or None,
     }
     return json.dumps(document, ensure_ascii=False)

@@ -1,0 +1,96 @@
+"""The command lines a daemon was started with, kept for ``restart`` and ``reload``.
+
+A daemon's options are the layers of command lines that made them: the
+``start``'s, then the options each ``restart`` or ``reload`` changed, each
+layer overriding the one before option by option (a later ``--listen``
+replaces the earlier ones). They are kept next to the pidfile, in
+``reverserd.pid.options``, and outlive the daemon, so that ``restart`` of a
+stopped daemon starts it as it was. Each layer keeps the directory it was
+given in, which relative paths in it are taken from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from reverserd.directories import DirectoryHandle
+from reverserd.errors import UserError, os_reason
+from reverserd.pidfile import RunFiles, read_run_file
+
+OPTIONS_BYTES = 1 << 16  # a few command lines
+MAX_LAYERS = 32  # a start and the changes of 31 restarts or reloads
+MAX_ARGUMENTS = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One command line's arguments, and the directory it was run in."""
+
+    arguments: tuple[str, ...]
+    directory: str
+
+    @classmethod
+    def of_this_process(cls, arguments: Sequence[str]) -> Layer:
+        return cls(tuple(arguments), os.getcwd())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"arguments": list(self.arguments), "directory": self.directory}
+
+    @classmethod
+    def from_json(cls, fields: Any) -> Layer:
+        arguments = fields["arguments"]
+        directory = fields["directory"]
+        if not isinstance(arguments, list) or len(arguments) > MAX_ARGUMENTS \
+                or not all(isinstance(argument, str) for argument in arguments) \
+                or not isinstance(directory, str) or not os.path.isabs(directory):
+            raise ValueError("not a command line")
+        return cls(tuple(arguments), directory)
+
+
+def layers_to_json(layers: Sequence[Layer]) -> list[dict[str, Any]]:
+    return [layer.to_json() for layer in layers]
+
+
+def layers_from_json(fields: Any) -> tuple[Layer, ...]:
+    if not isinstance(fields, list) or len(fields) > MAX_LAYERS:
+        raise ValueError("not a list of command lines")
+    return tuple(Layer.from_json(layer) for layer in fields)
+
+
+def read(files: RunFiles) -> tuple[Layer, ...]:
+    """The layers recorded next to ``files``' pidfile; none when there is no record.
+
+    A damaged record is an error rather than nothing: restarting a daemon
+    with options other than its own would be a surprise.
+    """
+    try:
+        content = read_run_file("options file", files.options, files.owners, OPTIONS_BYTES + 1)
+    except OSError as error:
+        raise UserError(f"cannot read {files.options}: {os_reason(error)}") from None
+    if content is None:
+        return ()
+    try:
+        if len(content) > OPTIONS_BYTES:
+            raise ValueError("too large")
+        return layers_from_json(json.loads(content)["layers"])
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        raise UserError(f"cannot use {files.options}: {error} (remove it to start afresh)"
+                        ) from None
+
+
+def write(directory: DirectoryHandle, files: RunFiles, layers: Sequence[Layer]) -> None:
+    """Record ``layers``, replacing any record."""
+    if len(layers) > MAX_LAYERS:
+        raise UserError(f"{len(layers) - 1} option changes are recorded since the start; "
+                        "stop reverserd and start it with all its options")
+    data = json.dumps({"layers": layers_to_json(layers)}).encode("utf-8")
+    if len(data) > OPTIONS_BYTES:
+        raise UserError(f"the command lines to record in {files.options} are too long")
+    try:
+        directory.write_atomically(files.options.name, data)
+    except OSError as error:
+        raise UserError(f"cannot write {files.options}: {os_reason(error)}") from None

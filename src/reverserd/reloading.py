@@ -1,0 +1,262 @@
+"""A generation starting its successor: what to run, and what to hand over.
+
+On SIGHUP (or ``reverserd reload``, which sends it), the generation serving
+now starts ``python -m reverserd <verb>`` with the command lines the daemon
+was started with (re-read from the options file, so the options ``reload``
+just changed apply), and offers it its sockets and lock (see ``handover``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+
+from reverserd import recorded
+from reverserd.errors import UserError, os_reason
+from reverserd.handover import (
+    SUCCESSOR_GRACE,
+    Outcome,
+    PassedConnection,
+    PassedSocket,
+    Succeeding,
+    Succession,
+)
+from reverserd.listening import ListeningService, listening_services
+from reverserd.notify import Supervision
+from reverserd.pidfile import Claim
+from reverserd.protocol import LineHandler
+from reverserd.service import Application
+from reverserd.wording import count
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.01  # seconds between two looks at a reload under way
+PASS_PATIENCE = 2.0  # seconds a busy connection gets to settle before it finishes here
+
+
+def socket_key(server: ListeningService) -> str:
+    """How a socket is matched to the new generation's listener: by the
+    address its endpoint asks for (``port=0`` included, so it stays put)."""
+    return server.endpoint.handover_key()
+
+
+@dataclasses.dataclass
+class Reloader:
+    """How this generation starts the next one."""
+
+    verb: str  # start or run: the next generation detaches as this one did
+    layers: tuple[recorded.Layer, ...]
+    start_timeout: float
+    jailed: bool = False
+
+    def begin(self, application: Application, claim: Claim | None,
+              worker_sockets: Sequence[Sequence[socket.socket]] = (),
+              environment: dict[str, str] | None = None) -> Succession:
+        """Start the next generation and offer it everything it takes over.
+
+        ``worker_sockets`` are the sockets of worker slots past the first,
+        in the order of the application's listeners.
+        """
+        if self.jailed:
+            raise UserError("a daemon inside --chroot cannot start its successor: run "
+                            "'reverserd reload' from outside the jail")
+        layers = self._current_layers(claim)
+        servers = listening_services(application)
+        sockets: list[tuple[PassedSocket, socket.socket]] = []
+        slots: list[Sequence[socket.socket | None]] = [
+            [server.listening_socket for server in servers], *worker_sockets]
+        for slot, slot_sockets in enumerate(slots):
+            for server, sock in zip(servers, slot_sockets):
+                if sock is not None:
+                    sockets.append((PassedSocket(slot, socket_key(server)), sock))
+        offer = {"pid": os.getpid(), "reloads": 0 if claim is None else claim.reloads,
+                 "verb": self.verb, "layers": recorded.layers_to_json(layers)}
+        directory = layers[0].directory if layers and os.path.isdir(layers[0].directory) \
+            else None
+        return Succession.begin([self.verb], directory, offer,
+                                None if claim is None else claim.lock.fd,
+                                sockets, self.start_timeout + SUCCESSOR_GRACE,
+                                {**os.environ, **(environment or {})},
+                                attached=self.verb == "run")
+
+    def _current_layers(self, claim: Claim | None) -> tuple[recorded.Layer, ...]:
+        """The recorded command lines as they are now: ``reload`` may just
+        have added the options it changes."""
+        if claim is None:
+            return self.layers
+        try:
+            return recorded.read(claim.files) or self.layers
+        except UserError as error:
+            log.warning("%s; reloading with the options this generation started with", error)
+            return self.layers
+
+
+class Reload:
+    """One generation's reloads, driven by SIGHUP and polled from its loop
+    (``POLL_INTERVAL``) while one is under way."""
+
+    def __init__(self, reloader: Reloader, application: Application, claim: Claim | None,
+                 supervision: Supervision,
+                 worker_sockets: Sequence[Sequence[socket.socket]] = ()) -> None:
+        self.reloader = reloader
+        self.application = application
+        self.claim = claim
+        self.supervision = supervision
+        self.worker_sockets = worker_sockets
+        self.succession: Succession | None = None
+        self.letting_in = False  # told the successor to take over; it has not confirmed
+        self.passing: Passing | None = None  # once the successor took over
+
+    @property
+    def under_way(self) -> bool:
+        return self.succession is not None
+
+    def request(self) -> Outcome | None:
+        """Start the next generation, unless one is starting already; the
+        outcome if the reload failed at once."""
+        if self.succession is not None:
+            log.info("received SIGHUP; a reload is under way already")
+            return None
+        log.info("received SIGHUP, reloading: starting a new generation")
+        self.supervision.reloading()
+        try:
+            self.succession = self.reloader.begin(self.application, self.claim,
+                                                  self.worker_sockets,
+                                                  self.supervision.successor_environment())
+        except UserError as error:
+            return self._failed(str(error))
+        log.info("new generation starting (launcher pid %d)", self.succession.launcher_pid)
+        return None
+
+    def poll(self, stopping: bool) -> Outcome | None:
+        """Move the reload on; its outcome once known. ``stopping``: this
+        generation was told to stop, so a successor is sent away, not let in.
+
+        With a ``successor`` in the outcome, the run files and sockets are
+        the successor's: this generation must stop accepting and finish.
+        """
+        succession = self.succession
+        if succession is None:
+            return None
+        step = succession.poll()
+        if step is None:
+            if not stopping or self.letting_in:
+                return None
+            succession.abandon("the daemon is stopping")
+            return self._failed("the daemon began to stop during the reload")
+        if step.failure:
+            return self._failed(step.failure)
+        assert step.successor is not None
+        if not step.taken:
+            if stopping:
+                succession.answer(False)
+                return self._failed("the daemon began to stop during the reload")
+            self.letting_in = True
+            if self.claim is not None:
+                self.claim.hand_over_to_successor()
+            succession.answer(True)
+            return None
+        for server in listening_services(self.application):
+            server.disown()
+        self.supervision.hand_over(step.successor)
+        self.passing = Passing(succession, self.application)
+        self.succession = None
+        self.letting_in = False
+        log.info("reloaded: pid %d \N{RIGHTWARDS ARROW} %d; this generation stops accepting "
+                 "and finishes its connections", os.getpid(), step.successor)
+        return step
+
+    def _failed(self, reason: str) -> Outcome:
+        self.succession = None
+        if self.letting_in and self.claim is not None:
+            self.letting_in = False
+            try:
+                self.claim.take_over()  # the successor died taking over: ours again
+            except OSError as error:
+                log.error("cannot write the pidfile back: %s", os_reason(error))
+        log.error("reload failed: %s; pid %d serves on", reason, os.getpid())
+        self.supervision.reload_failed(reason)
+        if self.claim is not None:
+            self.claim.reload_failure = (time.time(), reason)
+        return Outcome(failure=reason)
+
+
+class Passing:
+    """This generation's connections, going to the next one as each settles.
+
+    Created once the successor took over: nothing is accepted or read here
+    any more. ``step`` passes every connection that can change hands without
+    a byte lost; those still busy after ``PASS_PATIENCE`` (and TLS ones)
+    finish here, as at a graceful stop.
+    """
+
+    def __init__(self, succession: Succession, application: Application) -> None:
+        self.succession = succession
+        self.servers = listening_services(application)
+        self.deadline = time.monotonic() + PASS_PATIENCE
+        self.passed = 0
+        for server in self.servers:
+            server.hold_connections()
+
+    def step(self) -> bool:
+        """Pass what can be passed now; whether passing is over."""
+        handlers: list[tuple[ListeningService, LineHandler]] = []
+        connections = []
+        for server in self.servers:
+            key = socket_key(server)
+            for handler in server.passable_connections():
+                handlers.append((server, handler))
+                connections.append(PassedConnection(key, handler.partial_line, handler.client,
+                                                    server.duplicate(handler)))
+        sent = self.succession.pass_connections(connections)
+        for passed in connections:
+            passed.sock.close()
+        if sent:
+            for server, handler in handlers:
+                server.forget_passed(handler)
+            self.passed += len(handlers)
+        left = sum(server.holds_connections() for server in self.servers)
+        if sent and left and time.monotonic() < self.deadline:
+            return False
+        self.succession.finish_passing()
+        log.info("passed %s to the new generation%s", count(self.passed, "connection"),
+                 f"; {count(left, 'other')} finish here" if left else "")
+        return True
+
+
+class Receiving:
+    """The new generation's end of ``Passing``: each connection passed on is
+    served by the listener with the same key, from where it was left."""
+
+    def __init__(self, successor: Succeeding, application: Application) -> None:
+        self.successor = successor
+        self.loop = asyncio.get_running_loop()
+        self.servers: dict[str, ListeningService] = {}
+        for server in listening_services(application):
+            self.servers.setdefault(socket_key(server), server)
+        self.adopting: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
+        self.received = 0
+        self.loop.add_reader(successor.channel.fileno(), self._receive)
+
+    def _receive(self) -> None:
+        passed, done = self.successor.receive_connections()
+        for connection in passed:
+            server = self.servers.get(connection.key)
+            if server is None:  # its listener is gone from this generation
+                connection.sock.close()
+                continue
+            self.received += 1
+            task = self.loop.create_task(server.adopt_connection(
+                connection.sock, connection.partial, connection.client))
+            self.adopting.add(task)
+            task.add_done_callback(self.adopting.discard)
+        if done:
+            self.loop.remove_reader(self.successor.channel.fileno())
+            self.successor.close()
+            log.info("took over %s from pid %d", count(self.received, "connection"),
+                     self.successor.offer.predecessor)
