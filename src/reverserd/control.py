@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from reverserd import (
     detach,
     handover,
+    keeper,
     launch,
     logs,
     loops,
@@ -574,8 +575,12 @@ def run_foreground(config: Config) -> int:
             recorded.write(claim.directory, claim.files, config.layers)
         handler, log_format = _open_foreground_log(config, account)
         logs.install(handler, config.log_level, log_format)
-        prepared = launch.prepare(config, claim, jail, loop, supervision,
-                                  _reloader("run", config))
+        reloader = _reloader("run", config)
+        reloader.keeper_fd = keeper.named_by_environment()
+        # Under runit, s6 or supervisord (not systemd, which follows MAINPID=), the
+        # first generation stays as the process they watch.
+        reloader.keeps_pid = config.successor is None and supervision.notifier is None
+        prepared = launch.prepare(config, claim, jail, loop, supervision, reloader)
         if config.rundir is not None:
             os.chdir(config.rundir)
         prepared.enter(claim)
@@ -584,9 +589,11 @@ def run_foreground(config: Config) -> int:
             claim.release()
         raise
     try:
-        prepared.serve(claim)
+        successor = prepared.serve(claim)
     finally:
         prepared.close()
+    if successor is not None and reloader.keeper is not None:
+        return reloader.keeper.keep(successor)
     return 0
 
 

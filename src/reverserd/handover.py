@@ -269,6 +269,16 @@ def _receive_offer(channel: socket.socket) -> Offer:
         raise HandoverError(f"the offer is not one reverserd made: {error}") from None
 
 
+def _program() -> list[str]:
+    """How to run reverserd anew: as this process was run (the ``reverserd``
+    script, which ``pip install`` replaces on an upgrade), else as a module
+    of this interpreter."""
+    script = sys.argv[0]
+    if os.path.basename(script) == "reverserd" and os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-m", "reverserd"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """A step of a reload, seen from the predecessor: ``successor`` is
@@ -300,7 +310,7 @@ class Succession:
     def begin(cls, command: list[str], cwd: str | None, offer: dict[str, Any],
               lock_fd: int | None, sockets: list[tuple[PassedSocket, socket.socket]],
               patience: float, environment: dict[str, str] | None = None,
-              attached: bool = False) -> Succession:
+              attached: bool = False, also_pass: Sequence[int] = ()) -> Succession:
         """Start the successor with ``command`` and send it the offer.
 
         ``attached``: it shares this process's stdout and stderr (a
@@ -312,8 +322,8 @@ class Succession:
             env[ENVIRONMENT_VARIABLE] = str(theirs.fileno())
             try:
                 launcher = subprocess.Popen(
-                    [sys.executable, "-m", "reverserd", *command], cwd=cwd, env=env,
-                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                    [*_program(), *command], cwd=cwd, env=env,
+                    pass_fds=(theirs.fileno(), *also_pass), stdin=subprocess.DEVNULL,
                     stdout=None if attached else subprocess.DEVNULL,
                     stderr=None if attached else subprocess.DEVNULL)
             except OSError as error:

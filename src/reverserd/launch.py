@@ -93,16 +93,17 @@ class Launch:
             privileges.become(self.account)
 
     def serve(self, claim: Claim | None,
-              on_ready: runner.ReadyCallback | None = None) -> None:
-        """Serve here, or through worker processes when there are several."""
+              on_ready: runner.ReadyCallback | None = None) -> int | None:
+        """Serve here, or through worker processes when there are several;
+        the pid of the generation this one handed over to, if it did."""
         supervisor = None
         if self.worker_sockets is not None:
             supervisor = workers.Supervisor(self.application, self.worker_sockets, claim,
                                             self.loop[1], self.worker_timeout,
                                             self.supervision)
-        runner.run(self.application, claim, on_ready, self.state_directory, self.loop,
-                   supervisor, self.limits, self.supervision,
-                   runner.Generations(self.reloader, self.successor))
+        return runner.run(self.application, claim, on_ready, self.state_directory, self.loop,
+                          supervisor, self.limits, self.supervision,
+                          runner.Generations(self.reloader, self.successor))
 
     def close(self) -> None:
         if self.state_directory is not None:
@@ -144,7 +145,8 @@ def prepare(config: Config, claim: Claim | None, jail: Jail | None,
             _adopt_sockets(app, successor.offer)
         app.privileged_start_service()
         if config.workers > 1:
-            worker_sockets = workers.bind_worker_sockets(app, config.workers)
+            worker_sockets = workers.bind_worker_sockets(
+                app, config.workers, None if successor is None else successor.offer)
         if account is not None and not account.is_current():
             for server in listening_services(app):
                 server.hand_over(account.uid, account.gid)

@@ -532,8 +532,9 @@ class ListeningService(Service):
             opening.drop(handler)
 
     def _forget(self, handler: LineHandler) -> None:
-        if self._connections.pop(handler, None) is None:
+        if handler not in self._connections:
             return  # told twice: a TLS layer and a failed handshake both say so
+        del self._connections[handler]
         self._lines_before += handler.lines_answered
         assert self.policy is not None and self._loop is not None
         self.policy.release(handler, self._loop.time())

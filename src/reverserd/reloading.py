@@ -26,6 +26,7 @@ from reverserd.handover import (
     Succeeding,
     Succession,
 )
+from reverserd.keeper import KEEPER_VARIABLE, Keeper, name_successor
 from reverserd.listening import ListeningService, listening_services
 from reverserd.notify import Supervision
 from reverserd.pidfile import Claim
@@ -53,6 +54,9 @@ class Reloader:
     layers: tuple[recorded.Layer, ...]
     start_timeout: float
     jailed: bool = False
+    keeps_pid: bool = False  # the first generation of ``run`` under runit, s6, supervisord
+    keeper_fd: int | None = None  # the keeper's pipe, to name each successor through
+    keeper: Keeper | None = None  # this generation's own, once it reloaded
 
     def begin(self, application: Application, claim: Claim | None,
               worker_sockets: Sequence[Sequence[socket.socket]] = (),
@@ -78,11 +82,16 @@ class Reloader:
                  "verb": self.verb, "layers": recorded.layers_to_json(layers)}
         directory = layers[0].directory if layers and os.path.isdir(layers[0].directory) \
             else None
+        if self.keeps_pid and self.keeper is None:
+            self.keeper = Keeper.adopt_orphans()
+            self.keeper_fd = self.keeper.write_fd
+        keeping = {} if self.keeper_fd is None else {KEEPER_VARIABLE: str(self.keeper_fd)}
         return Succession.begin([self.verb], directory, offer,
                                 None if claim is None else claim.lock.fd,
                                 sockets, self.start_timeout + SUCCESSOR_GRACE,
-                                {**os.environ, **(environment or {})},
-                                attached=self.verb == "run")
+                                {**os.environ, **(environment or {}), **keeping},
+                                attached=self.verb == "run",
+                                also_pass=() if self.keeper_fd is None else (self.keeper_fd,))
 
     def _current_layers(self, claim: Claim | None) -> tuple[recorded.Layer, ...]:
         """The recorded command lines as they are now: ``reload`` may just
@@ -111,6 +120,7 @@ class Reload:
         self.succession: Succession | None = None
         self.letting_in = False  # told the successor to take over; it has not confirmed
         self.passing: Passing | None = None  # once the successor took over
+        self.handed_to: int | None = None  # the successor's pid, once it took over
 
     @property
     def under_way(self) -> bool:
@@ -164,6 +174,9 @@ class Reload:
         for server in listening_services(self.application):
             server.disown()
         self.supervision.hand_over(step.successor)
+        if self.reloader.keeper_fd is not None:
+            name_successor(self.reloader.keeper_fd, step.successor)
+        self.handed_to = step.successor
         self.passing = Passing(succession, self.application)
         self.succession = None
         self.letting_in = False

@@ -55,7 +55,9 @@ class Supervise(Protocol):
     @property
     def workers(self) -> int: ...
 
-    def run(self, on_ready: ReadyCallback | None, limits: Limits) -> None: ...
+    def run(self, on_ready: ReadyCallback | None, limits: Limits,
+            reload: reloading.Reload | None = None,
+            take_over: Callable[[], None] | None = None) -> None: ...
 
 
 class ApplicationFailed(UserError):
@@ -90,7 +92,7 @@ def run(application: Application, claim: Claim | None = None,
         loop: tuple[str, LoopFactory] = ("asyncio", asyncio.new_event_loop),
         supervisor: Supervise | None = None, limits: Limits | None = None,
         supervision: Supervision | None = None,
-        generations: Generations | None = None) -> None:
+        generations: Generations | None = None) -> int | None:
     """Serve ``application`` until SIGTERM or SIGINT, then stop it gracefully.
 
     ``claim``'s state file is written once the application serves, and
@@ -109,7 +111,8 @@ def run(application: Application, claim: Claim | None = None,
     the daemon's pid by then.
 
     ``generations`` makes SIGHUP reload (see ``reloading``), and makes a new
-    generation take over from its predecessor before it accepts.
+    generation take over from its predecessor before it accepts. Returns
+    the pid of the generation this one handed over to, if it did.
     """
     loop_name, loop_factory = loop
     log.info("reverserd %s starting: Python %s, pid %d, application %s, %s loop%s",
@@ -156,12 +159,13 @@ def run(application: Application, claim: Claim | None = None,
     def ready(addresses: tuple[str, ...]) -> None:
         nonlocal announced
         announced = True
-        if successor is not None and successor.taken():
+        if successor is None:
+            supervision.ready(addresses)
+        elif successor.taken():  # and the predecessor tells systemd (MAINPID=)
             if supervisor is None:
                 receiving.append(reloading.Receiving(successor, application))
             else:
                 successor.close()
-        supervision.ready(addresses)
         if on_ready is not None:
             on_ready(addresses)
 
@@ -173,7 +177,8 @@ def run(application: Application, claim: Claim | None = None,
     try:
         logs.raise_if_unwritable()  # a daemon whose log takes nothing must not start
         if supervisor is not None:
-            supervisor.run(ready, limits)
+            supervisor.run(ready, limits, reload,
+                           None if successor is None else take_over_and_say_so)
         else:
             with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
                 loop_runner.run(serve(
@@ -188,7 +193,9 @@ def run(application: Application, claim: Claim | None = None,
             claim.release()
         if announced:
             supervision.status("stopped")
-        log.info("stopped")
+        log.info("stopped" if reload is None or reload.handed_to is None
+                 else f"stopped; pid {reload.handed_to} serves")
+    return None if reload is None else reload.handed_to
 
 
 def _save(application: Application, directory: DirectoryHandle) -> None:

@@ -31,8 +31,11 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 
 from reverserd import logs, runner, signals, wording
+from reverserd.errors import UserError
+from reverserd.handover import Offer
 from reverserd.limits import DEFAULT_WORKER_TIMEOUT
 from reverserd.listening import listening_addresses, listening_services
 from reverserd.loops import LoopFactory
@@ -40,6 +43,7 @@ from reverserd.notify import Supervision
 from reverserd.pidfile import Activity, Claim, WorkerState
 from reverserd.policy import CLOSE_REASONS, SWEEP_INTERVAL, ConnectionPolicy, Limits
 from reverserd.process_name import end_with_parent, set_process_name
+from reverserd.reloading import POLL_INTERVAL, Passing, Reload, socket_key
 from reverserd.service import Application
 
 log = logging.getLogger(__name__)
@@ -49,8 +53,12 @@ COUNTED_SIGNAL = signal.SIGRTMIN + 1
 # The main process's second stop signal, passed on: a worker stops at once only on this, not
 # on a second SIGTERM (a supervisor signalling the whole group sends it one beside the main's).
 STOP_NOW_SIGNAL = signal.SIGRTMIN + 2
+# A new generation's workers start their services, say so, then wait for this to accept:
+# the main process sends it once it has taken over from the last generation.
+ACCEPT_SIGNAL = signal.SIGRTMIN + 3
 SUPERVISED_SIGNALS = (signal.SIGCHLD, *signals.HANDLED_SIGNALS, READY_SIGNAL, COUNTED_SIGNAL,
-                      STOP_NOW_SIGNAL)
+                      STOP_NOW_SIGNAL, ACCEPT_SIGNAL)
+ACCEPT_PATIENCE = 1.0  # seconds between two looks at the main process while waiting to accept
 FIRST_RETRY = 0.1  # seconds before the second restart in a row; the first is at once
 LONGEST_RETRY = 5.0
 STEADY_AFTER = 10.0  # a worker that served this long resets the backoff
@@ -129,19 +137,23 @@ class Worker:
         return self.slot + 1
 
 
-def bind_worker_sockets(application: Application, count: int) -> list[list[socket.socket]]:
+def bind_worker_sockets(application: Application, count: int,
+                        offer: Offer | None = None) -> list[list[socket.socket]]:
     """The sockets of every worker slot: slot 0 has the ones bound first.
 
-    Needs ``ListeningService.reuse_port`` set before the first bind.
+    A new generation takes the last generation's sockets of each slot it
+    had (``offer``), and binds only the others. Needs
+    ``ListeningService.reuse_port`` set before the first bind.
     """
     servers = listening_services(application)
     first = [server.listening_socket for server in servers]
     slots = [[sock for sock in first if sock is not None]]
     try:
-        for _ in range(count - 1):
+        for slot in range(1, count):
             slots.append([])
             for server in servers:
-                slots[-1].append(server.bind_replica())
+                passed = None if offer is None else offer.take_socket(slot, socket_key(server))
+                slots[-1].append(passed or server.bind_replica())
     except BaseException:
         for sockets in slots[1:]:
             for sock in sockets:
@@ -174,14 +186,28 @@ class Supervisor:
         self.supervision = supervision or Supervision()
         self.next_ping: float | None = None  # monotonic time of the next WATCHDOG=1
         self.refresh_pending = False  # a SIGUSR2 that came before every worker served
+        self.reload: Reload | None = None
+        self.reload_pending = False  # a SIGHUP that came before every worker served
+        self.passing: Passing | None = None
+        self.take_over: Callable[[], None] | None = None  # a new generation's, at readiness
 
     @property
     def workers(self) -> int:
         return len(self.slots)
 
-    def run(self, on_ready: runner.ReadyCallback | None, limits: Limits) -> None:
-        """Start the workers, keep them going, stop them all on SIGTERM."""
+    def run(self, on_ready: runner.ReadyCallback | None, limits: Limits,
+            reload: Reload | None = None, take_over: Callable[[], None] | None = None) -> None:
+        """Start the workers, keep them going, stop them all on SIGTERM.
+
+        On SIGHUP, ``reload`` starts the next generation, and the workers
+        stop gracefully once it has taken over. ``take_over`` is a new
+        generation's: its workers accept only once it has run.
+        """
         self.limits = limits
+        self.reload = reload
+        self.take_over = take_over
+        if reload is not None:
+            reload.worker_sockets = self.sockets[1:]
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED_SIGNALS)
         signals.redeliver()  # what came while starting, now for sigtimedwait
         for worker in self.slots:
@@ -204,6 +230,8 @@ class Supervisor:
             moments.append(self.counts_deadline)
         if self.next_ping is not None:
             moments.append(self.next_ping)
+        if (self.reload is not None and self.reload.under_way) or self.passing is not None:
+            moments.append(now + POLL_INTERVAL)
         return max(0.0, min(moments, default=now + SWEEP_INTERVAL) - now)
 
     def _on_timer(self) -> None:
@@ -222,6 +250,19 @@ class Supervisor:
         if self.waiting_for_counts and self.counts_deadline <= now:
             self.waiting_for_counts.clear()
             self._write_state()
+        self._move_reload_on()
+
+    def _move_reload_on(self) -> None:
+        if self.reload is None:
+            return
+        outcome = self.reload.poll(self.stopping)
+        if outcome is not None and outcome.successor is None:
+            self._write_state()  # with why the reload failed
+        elif outcome is not None:
+            self.passing, self.reload.passing = self.reload.passing, None
+        if self.passing is not None and self.passing.step():  # the workers keep theirs
+            self.passing = None
+            self._stop_for("the new generation took over")
 
     def _kill_the_silent(self) -> None:
         """SIGKILL a serving worker whose heartbeat stopped: its loop is stuck,
@@ -251,11 +292,27 @@ class Supervisor:
         elif signum in signals.REOPEN_SIGNALS:
             runner.reopen_log(signum)
             self._forward(signum)
+        elif signum == signals.RELOAD_SIGNAL:
+            self._on_reload_signal()
         elif signum == signals.REFRESH_SIGNAL:
             if self.announced:
                 self._refresh()
             else:
                 self.refresh_pending = True
+
+    def _on_reload_signal(self) -> None:
+        if self.reload is None or self.stopping:
+            log.info("received SIGHUP%s; not reloading", " while stopping" if self.stopping
+                     else "")
+            return
+        if not self.announced:
+            self.reload_pending = True
+            return
+        runner.reopen_log(signals.RELOAD_SIGNAL, quiet=True)
+        if self.reload.request() is not None:
+            self._write_state()
+        else:
+            self._forward(signals.REOPEN_SIGNALS[0])  # the workers' logs, reopened too
 
     def _refresh(self) -> None:
         self.waiting_for_counts = {worker.pid for worker in self._alive() if worker.ready}
@@ -267,6 +324,11 @@ class Supervisor:
             if worker.pid == pid:
                 worker.ready = True
         if not self.announced and all(worker.ready for worker in self.slots):
+            if self.take_over is not None:
+                self.take_over()  # writes the state file
+                for server in self.servers:
+                    server.hold_accepting = False  # workers started from now on accept at once
+                self._forward(ACCEPT_SIGNAL)
             self.announced = True
             log.info("%d workers serving: pids %s", self.workers,
                      ", ".join(str(worker.pid) for worker in self.slots))
@@ -277,6 +339,8 @@ class Supervisor:
                 self.next_ping = time.monotonic()  # systemd watches from readiness on
             if self.refresh_pending:
                 self._refresh()
+            if self.reload_pending:
+                self._on_reload_signal()
         elif self.announced:
             self._write_state()
 
@@ -285,7 +349,10 @@ class Supervisor:
             log.warning("received %s again, telling the workers to stop now", signum.name)
             self._forward(STOP_NOW_SIGNAL)
             return
-        log.info("received %s, stopping %d workers", signum.name, len(self._alive()))
+        self._stop_for(f"received {signum.name}")
+
+    def _stop_for(self, reason: str) -> None:
+        log.info("%s, stopping %d workers", reason, len(self._alive()))
         self.stopping = True
         self.supervision.stopping(f"stopping: {wording.count(len(self._alive()), 'worker')}")
         self._write_state()
@@ -383,12 +450,23 @@ class Supervisor:
                 write_counts()
                 os.kill(main, COUNTED_SIGNAL)
 
+            def wait_to_accept() -> None:
+                """A new generation's worker: started, but accepting only once the
+                main process took over from the last generation."""
+                os.kill(main, READY_SIGNAL)
+                while signal.sigtimedwait((ACCEPT_SIGNAL,), ACCEPT_PATIENCE) is None:
+                    if os.getppid() != main:
+                        raise UserError("the main process went away before it took over")
+
+            held = any(server.hold_accepting for server in self.servers)
             with asyncio.Runner(loop_factory=self.loop_factory) as loop_runner:
                 loop_runner.run(runner.serve(self.application,
-                                             lambda _: os.kill(main, READY_SIGNAL),
+                                             None if held
+                                             else lambda _: os.kill(main, READY_SIGNAL),
                                              report_counts, policy,
                                              lambda: self.counts.beat(slot),
-                                             stop_now_signal=STOP_NOW_SIGNAL))
+                                             stop_now_signal=STOP_NOW_SIGNAL,
+                                             take_over=wait_to_accept if held else None))
             write_counts()
             return 0
         except runner.ApplicationFailed:

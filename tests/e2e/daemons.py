@@ -50,14 +50,16 @@ def reverserd_processes_in(directory: pathlib.Path) -> list[int]:
             command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if cwd == str(directory) and REVERSERD.encode() in command:
+        if cwd == str(directory) and (REVERSERD.encode() in command
+                                      or is_reverserd(int(entry.name))):
             found.append(int(entry.name))
     return found
 
 
 class DaemonDirectory:
     """A directory where tests run ``reverserd VERB``; daemons they start are
-    killed at teardown, by the pid ``start`` reported, if still alive."""
+    killed at teardown, by the pid ``start`` reported, if still alive, and
+    so is the one the pidfile names then (a reload's new generation)."""
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
@@ -104,14 +106,28 @@ class DaemonDirectory:
         return self.log().splitlines()
 
     def end(self) -> None:
-        for pid in self.pids:
+        try:
+            current = int(self.pidfile.read_text().strip() or 0)
+        except (OSError, ValueError):
+            current = 0
+        for pid in {*self.pids, *([current] if current else [])}:
             kill_if_reverserd(pid)
+
+
+def is_reverserd(pid: int) -> bool:
+    """Whether ``pid`` runs reverserd of this checkout: its script, or a new
+    generation a reload started as ``python -m reverserd``."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as command:
+            arguments = command.read().split(b"\0")
+    except OSError:
+        return False
+    return REVERSERD.encode() in arguments or (
+        os.path.dirname(arguments[0]) == os.path.dirname(REVERSERD).encode()
+        and arguments[1:3] == [b"-m", b"reverserd"])
 
 
 def kill_if_reverserd(pid: int) -> None:
     """SIGKILL ``pid`` if it is still a reverserd of this checkout, not a reuse of its pid."""
-    if is_alive(pid):
-        with open(f"/proc/{pid}/cmdline", "rb") as command:
-            ours = REVERSERD.encode() in command.read()
-        if ours:
-            os.kill(pid, signal.SIGKILL)
+    if is_alive(pid) and is_reverserd(pid):
+        os.kill(pid, signal.SIGKILL)
