@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import pathlib
@@ -22,6 +23,7 @@ from reverserd import (
     endpoints,
     handover,
     loops,
+    notify,
     recorded,
     signals,
 )
@@ -110,8 +112,10 @@ def _add_number(group: argparse._ArgumentGroup, *names: str,
                        help=f"{help} ({parse.range}; default: {shown})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """One flat parser, so an option means the same before or after the verb."""
+def build_parser(directory: pathlib.Path | None = None) -> argparse.ArgumentParser:
+    """One flat parser, so an option means the same before or after the verb;
+    relative paths in ``--listen`` are taken from ``directory`` (a recorded
+    command line's), by default the current one."""
     defaults = config.Config()
     parser = _Parser(
         prog="reverserd",
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true",
                         help="with status: one JSON object on stdout (keys: see README)")
     _add_application_options(parser)
-    _add_reverser_options(parser, defaults)
+    _add_reverser_options(parser, defaults, directory)
     _add_daemon_options(parser, defaults)
     _add_account_options(parser)
     _add_log_options(parser, defaults)
@@ -158,9 +162,12 @@ def _add_application_options(parser: argparse.ArgumentParser) -> None:
                         const=False, help="do not save the application's state at stop")
 
 
-def _add_reverser_options(parser: argparse.ArgumentParser, defaults: config.Config) -> None:
+def _add_reverser_options(parser: argparse.ArgumentParser, defaults: config.Config,
+                          directory: pathlib.Path | None) -> None:
     group = parser.add_argument_group("the built-in reverser")
-    group.add_argument("--listen", action=_Listeners, type=_option_type(_Listeners.parse_item),
+    group.add_argument("--listen", action=_Listeners,
+                       type=_option_type(functools.partial(_Listeners.parse_item,
+                                                           base=directory)),
                        default=[], metavar="DESCRIPTION",
                        help="listen here; repeat for more (tcp:PORT[:interface=ADDR], "
                        "tcp6:PORT, unix:PATH[:mode=660], ssl:PORT:privateKey=FILE, "
@@ -335,13 +342,14 @@ def _given(parser: argparse.ArgumentParser, dests: set[str], argv: Sequence[str]
     return given
 
 
-def _layered(parser: argparse.ArgumentParser, dests: set[str],
-             layers: Sequence[recorded.Layer], now: argparse.Namespace) -> argparse.Namespace:
+def _layered(dests: set[str], layers: Sequence[recorded.Layer],
+             now: argparse.Namespace) -> argparse.Namespace:
     """The recorded command lines, then this one, each option overriding the last layer's."""
     merged = argparse.Namespace(**dict.fromkeys(dests, UNSET), verb=now.verb)
     for layer in layers:
         try:
-            given = _given(parser, dests, layer.arguments, layer.directory)
+            given = _given(build_parser(pathlib.Path(layer.directory)), dests,
+                           layer.arguments, layer.directory)
         except UsageError as error:
             raise UsageError(f"the recorded command line {' '.join(layer.arguments)!r} is "
                              f"no longer valid: {error}") from None
@@ -374,7 +382,7 @@ def parse_options(argv: Sequence[str] | None = None,
     dests = {action.dest for action in parser._actions if action.dest != "verb"}
     given = _given(parser, dests, argv, os.getcwd())
     if layers:
-        given = _layered(parser, dests, layers, given)
+        given = _layered(dests, layers, given)
     from_file: dict[str, object] = {}
     if given.config is not UNSET:
         from_file = config_file.read(given.config.absolute(), config_file_keys(parser))
@@ -476,6 +484,11 @@ def parse_command(argv: Sequence[str] | None = None,
         raise UsageError("--json goes with status")
     if options.ready_fd is not None and verb not in SERVING_VERBS:
         raise UsageError(f"--ready-fd goes with {', '.join(SERVING_VERBS)}, not {verb}")
+    if options.ready_fd is not None:
+        try:
+            notify.check_ready_fd(options.ready_fd)
+        except ValueError as error:
+            raise UsageError(f"argument --ready-fd: {error}") from None
     logfile = options.logfile
     if logfile == STDOUT:
         if verb != "run":

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from reverserd import limits
 from reverserd.logs import LEVELS, LOG_FORMATS
-from reverserd.notify import check_ready_fd
 from reverserd.persist import MAX_ID, quoted
 from reverserd.protocol import DEFAULT_MAX_LINE_LENGTH
 
@@ -180,11 +179,11 @@ _parse_descriptor = WholeNumber("a file descriptor number", 3, MAX_DESCRIPTOR)
 
 
 def parse_ready_fd(text: str) -> int:
-    """A descriptor the supervisor opened for writing; 0 to 2 are the
-    standard streams, never a readiness channel."""
-    fd = _parse_descriptor(text)
-    check_ready_fd(fd)
-    return fd
+    """A descriptor number for readiness; 0 to 2 are the standard streams,
+    never a readiness channel. ``check_ready_fd`` then checks that it is
+    open for writing, in the process it was given to (a recorded command
+    line replayed later is not)."""
+    return _parse_descriptor(text)
 
 
 def parse_log_format(text: str) -> str:

@@ -104,7 +104,6 @@ def start(config: Config) -> int:
     try:
         if config.successor is None:
             _remove_stale_files(claimed)
-            recorded.write(claimed.directory, files, config.layers)
         logs.install(_open_daemon_log(config, account), config.log_level,
                      config.log_format or "full")
         prepared = launch.prepare(config, claimed, jail, loop, supervision,
@@ -158,6 +157,8 @@ def _report_start(files: RunFiles, report: detach.Report, config: Config) -> int
     pid = "?" if report.pid is None else str(report.pid)
     if report.outcome is detach.Outcome.READY:
         say(f"started: pid {pid}{_listening(report.addresses)}")
+        if config.successor is None:
+            _record(files, config.layers)
         return 0
     if report.outcome is detach.Outcome.TIMED_OUT and report.pid is not None:
         _signal(report.pid, signal.SIGKILL)
@@ -517,13 +518,27 @@ def _record_changes(files: RunFiles, config: Config, previous: tuple[recorded.La
                     undo: bool = False) -> None:
     """Record the options this ``reload`` changes, for the new generation to
     read (and for later restarts); ``undo`` puts the record back as it was."""
-    if config.layers == previous:
-        return
-    directory = DirectoryHandle(files.pidfile.parent)
+    if config.layers != previous:
+        _record(files, previous if undo else config.layers, strict=True)
+
+
+def _record(files: RunFiles, layers: tuple[recorded.Layer, ...],
+            directory: DirectoryHandle | None = None, strict: bool = False) -> None:
+    """Record the options of a daemon that serves, for ``restart`` and
+    ``reload``; only a warning if that fails, unless ``strict``."""
+    handle = directory or DirectoryHandle(files.pidfile.parent)
     try:
-        recorded.write(directory, files, previous if undo else config.layers)
+        recorded.write(handle, files, layers)
+    except UserError as error:
+        if strict:
+            raise
+        logging.getLogger(__name__).warning("%s; restart and reload will not know the "
+                                            "options given now", error)
+        if directory is None:
+            warn(f"warning: {error}")
     finally:
-        directory.close()
+        if directory is None:
+            handle.close()
 
 
 def _await_successor(files: RunFiles, daemon: Process, asked: float, patience: float) -> int:
@@ -538,8 +553,9 @@ def _await_successor(files: RunFiles, daemon: Process, asked: float, patience: f
             return found.pid
         if state is not None and state.pid == daemon.pid and state.reload_failed_at >= asked:
             raise UserError(f"reload failed: {state.reload_error}; pid {daemon.pid} serves on")
-        if daemon.is_gone() and found.pid == daemon.pid:
-            raise UserError(f"pid {daemon.pid} exited during the reload")
+        if daemon.is_gone() and found.pid in (daemon.pid, None) \
+                and found.liveness in (Liveness.ABSENT, Liveness.STALE):
+            raise UserError(f"pid {daemon.pid} stopped during the reload")
         time.sleep(POLL_INTERVAL)
     raise UserError(f"no new generation took over within {patience:g} s")
 
@@ -572,7 +588,6 @@ def run_foreground(config: Config) -> int:
     try:
         if claim is not None and config.successor is None:
             _remove_stale_files(claim)
-            recorded.write(claim.directory, claim.files, config.layers)
         handler, log_format = _open_foreground_log(config, account)
         logs.install(handler, config.log_level, log_format)
         reloader = _reloader("run", config)
@@ -588,8 +603,12 @@ def run_foreground(config: Config) -> int:
         if claim is not None:
             claim.release()
         raise
+    def record(addresses: tuple[str, ...]) -> None:
+        if claim is not None and config.successor is None:
+            _record(claim.files, config.layers, claim.directory)
+
     try:
-        successor = prepared.serve(claim)
+        successor = prepared.serve(claim, on_ready=record)
     finally:
         prepared.close()
     if successor is not None and reloader.keeper is not None:

@@ -158,14 +158,14 @@ class Reload:
             if not stopping or self.letting_in:
                 return None
             succession.abandon("the daemon is stopping")
-            return self._failed("the daemon began to stop during the reload")
+            return self._failed("the daemon began to stop during the reload", stopping)
         if step.failure:
-            return self._failed(step.failure)
+            return self._failed(step.failure, stopping)
         assert step.successor is not None
         if not step.taken:
             if stopping:
                 succession.answer(False)
-                return self._failed("the daemon began to stop during the reload")
+                return self._failed("the daemon began to stop during the reload", stopping)
             self.letting_in = True
             if self.claim is not None:
                 self.claim.hand_over_to_successor()
@@ -184,7 +184,7 @@ class Reload:
                  "and finishes its connections", os.getpid(), step.successor)
         return step
 
-    def _failed(self, reason: str) -> Outcome:
+    def _failed(self, reason: str, stopping: bool = False) -> Outcome:
         self.succession = None
         if self.letting_in and self.claim is not None:
             self.letting_in = False
@@ -192,7 +192,8 @@ class Reload:
                 self.claim.take_over()  # the successor died taking over: ours again
             except OSError as error:
                 log.error("cannot write the pidfile back: %s", os_reason(error))
-        log.error("reload failed: %s; pid %d serves on", reason, os.getpid())
+        log.error("reload failed: %s%s", reason,
+                  "" if stopping else f"; pid {os.getpid()} serves on")
         self.supervision.reload_failed(reason)
         if self.claim is not None:
             self.claim.reload_failure = (time.time(), reason)

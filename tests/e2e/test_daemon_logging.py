@@ -84,21 +84,32 @@ def test_the_log_rotates_by_size_keeping_the_backups_asked_for(
     assert daemons.log_lines()[-1].endswith("stopped")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGHUP])
-def test_a_signal_reopens_the_log_after_it_was_moved(
-    daemons: DaemonDirectory, signum: int,
-) -> None:
+def test_sigusr1_reopens_the_log_after_it_was_moved(daemons: DaemonDirectory) -> None:
     daemon = daemons.start("--log-max-bytes", "0")
     moved = daemons.path / "reverserd.log.old"
     daemons.logfile.rename(moved)
-    os.kill(daemon.pid, signum)
+    os.kill(daemon.pid, signal.SIGUSR1)
     wait_until(daemons.logfile.exists, "the log file to be reopened")
     assert talk(daemon.port, b"still here") == b"ereh llits\n"
+    assert int(daemons.pidfile.read_text()) == daemon.pid  # reopened, not reloaded
     daemons.stop()
-    name = signal.Signals(signum).name
-    assert f"received {name}, reopening the log file" in moved.read_text()
+    assert "received SIGUSR1, reopening the log file" in moved.read_text()
     new_log = daemons.log()
     assert "log file reopened" in new_log and new_log.rstrip().endswith("stopped")
+
+
+def test_a_reload_opens_the_log_afresh_after_it_was_moved(daemons: DaemonDirectory) -> None:
+    daemon = daemons.start("--log-max-bytes", "0")
+    moved = daemons.path / "reverserd.log.old"
+    daemons.logfile.rename(moved)
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_until(lambda: daemons.logfile.exists() and "took over from pid" in daemons.log(),
+               "the new generation to log under the log's name")
+    assert talk(daemon.port, b"still here") == b"ereh llits\n"
+    daemons.stop()
+    assert "received SIGHUP, reloading" in moved.read_text()
+    assert f"took over from pid {daemon.pid}" in daemons.log()
+    assert daemons.log().rstrip().endswith("stopped")
 
 
 def test_output_and_uncaught_errors_land_in_the_log(daemons: DaemonDirectory) -> None:

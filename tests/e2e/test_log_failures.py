@@ -107,7 +107,7 @@ def test_a_removed_log_directory_is_made_again(
 
     wait_until(made_again, "the log directory and file to be made again", timeout=5.0)
     assert oct(directory.stat().st_mode & 0o777) == oct(0o750)
-    process.signal(signal.SIGHUP)
+    process.signal(signal.SIGUSR1)
     wait_until(lambda: "log file reopened" in read(logfile), "the log to be reopened")
     exchange(port)
     process.signal(signal.SIGTERM)
@@ -125,7 +125,7 @@ def test_a_log_directory_that_cannot_be_made_is_waited_for_without_slowing_clien
     process, port = serving_with_log(reverserd, logfile)
     shutil.rmtree(parent)
     parent.write_text("in the way of the log directory")
-    process.signal(signal.SIGHUP)  # a reopen that cannot succeed
+    process.signal(signal.SIGUSR1)  # a reopen that cannot succeed
     for _ in range(200):
         exchange(port)
     parent.unlink()

@@ -207,7 +207,7 @@ def test_the_classic_jail(daemons: DaemonDirectory) -> None:
     assert status.stdout.endswith(", 1 line served\n"), status
 
     daemons.logfile.rename(daemons.path / "reverserd.log.1")
-    os.kill(daemon.pid, signal.SIGHUP)
+    os.kill(daemon.pid, signal.SIGUSR1)
     wait_until(lambda: daemons.logfile.exists() and "log file reopened" in daemons.log(),
                "the log reopened from inside the jail")
 

@@ -268,7 +268,7 @@ def test_ready_fd_goes_with_serving_verbs_only(tmp_path: pathlib.Path) -> None:
 
 # --- signals while starting ------------------------------------------------------------
 
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGUSR2])
 def test_a_signal_while_starting_neither_kills_nor_is_lost(
         tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess],
         signum: signal.Signals) -> None:
@@ -283,6 +283,20 @@ def test_a_signal_while_starting_neither_kills_nor_is_lost(
     else:
         process.wait_for_log(f"received {signum.name}; no log file to reopen")
     assert process.popen.poll() is None
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+
+
+def test_a_sighup_while_starting_reloads_once_serving(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess]) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_APP)
+    process = reverserd("run", "-y", "slow.py")
+    wait_until((tmp_path / "loading").exists, "the application to load")
+    process.signal(signal.SIGHUP)
+    port = process.wait_until_serving()
+    process.wait_for_log(f"took over from pid {process.pid}")
+    assert echoes(port)
+    assert process.popen.poll() is None  # the pid a supervisor watches stays
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
 
@@ -308,9 +322,9 @@ def test_signals_are_deferred_from_the_command_s_first_step(
     process = reverserd("run", "--port", "0")
     wait_until(lambda: set(HELD) <= signal_set(process.pid, "SigCgt"),
                "the signals to be caught")
-    process.signal(signal.SIGHUP)
+    process.signal(signal.SIGUSR1)
     assert echoes(process.wait_until_serving())
-    process.wait_for_log("received SIGHUP; no log file to reopen")
+    process.wait_for_log("received SIGUSR1; no log file to reopen")
     assert not set(HELD) & signal_set(process.pid, "SigBlk")
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
