@@ -41,6 +41,13 @@ def inherited_sockets() -> list[InheritedSocket]:
     return _taken
 
 
+def provide(passed: list[InheritedSocket]) -> None:
+    """The sockets systemd passed to the first generation of the daemon, as a
+    reload hands them on: to this process they are its own, as if passed to it."""
+    global _taken
+    _taken = passed
+
+
 def _take(environment: dict[str, str]) -> list[InheritedSocket]:
     pid, count = environment.get("LISTEN_PID"), environment.get("LISTEN_FDS")
     if pid is None or count is None or pid != str(os.getpid()):

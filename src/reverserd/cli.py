@@ -508,7 +508,8 @@ def parse_command(argv: Sequence[str] | None = None,
         log_level=options.log_level,
         log_format=options.log_format,
         application_file=options.application_file,
-        state_file=_absolute(options.state_file),
+        state_file=_absolute(options.state_file) if successor is None
+        or successor.offer.state_file is None else pathlib.Path(successor.offer.state_file),
         save=options.save,
         pidfile=_absolute(pidfile),
         rundir=_absolute(options.rundir),
@@ -589,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     successor = None
     try:
         successor = handover.from_environment()
+        if successor is not None:
+            activation.provide(successor.offer.activated)
         verb, settings = parse_command(argv, successor)
         if verb != "run":
             signals.release()  # deferred only for a process that will serve in the foreground

@@ -47,6 +47,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from reverserd.activation import InheritedSocket
 from reverserd.errors import UserError, os_reason
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,12 @@ class PassedConnection:
 @dataclasses.dataclass(frozen=True)
 class PassedSocket:
     """One listening socket handed over: the worker slot it serves (0 without
-    workers) and the address key of the endpoint it was bound for."""
+    workers), the key of the endpoint it was bound for, and the key of the
+    address it got (another where ``port=0`` turned into a port)."""
 
     slot: int
     key: str
+    bound_key: str
 
 
 @dataclasses.dataclass
@@ -128,11 +131,19 @@ class Offer:
     layers: list[dict[str, Any]]
     lock_fd: int | None  # none for a foreground daemon without a pidfile
     sockets: dict[PassedSocket, list[socket.socket]]
+    state_file: str | None = None  # with --save: the application as it was at the reload
+    activated: list[InheritedSocket] = dataclasses.field(default_factory=list)
 
     def take_socket(self, slot: int, key: str) -> socket.socket | None:
-        """The socket passed for ``key`` in worker slot ``slot``, once."""
-        found = self.sockets.get(PassedSocket(slot, key))
-        return found.pop(0) if found else None
+        """The socket passed for ``key`` in worker slot ``slot``, once: bound for
+        that endpoint, else bound to that address (a saved state names the
+        port that ``port=0`` turned into)."""
+        for by_bound_address in (False, True):
+            for passed, sockets in self.sockets.items():
+                if passed.slot == slot and sockets \
+                        and (passed.bound_key if by_bound_address else passed.key) == key:
+                    return sockets.pop(0)
+        return None
 
     def close_unused(self) -> None:
         """Close the sockets no listener of the new generation took: when the
@@ -183,9 +194,10 @@ class Succeeding:
         self.channel.setblocking(False)
         return True
 
-    def receive_connections(self) -> tuple[list[PassedConnection], bool]:
-        """The connections passed on since the last call, and whether the
-        predecessor is done passing."""
+    def receive_connections(self) -> tuple[list[PassedConnection], dict[str, int] | None]:
+        """The connections passed on since the last call; once the predecessor
+        is done passing, also the lines it answered since its state was saved
+        for this generation, by listener key (else ``None``)."""
         passed: list[PassedConnection] = []
         try:
             while _readable(self.channel):
@@ -193,12 +205,13 @@ class Succeeding:
                 if message.get("done") is True:
                     for fd in fds:
                         os.close(fd)
-                    return passed, True
+                    lines = message.get("lines", {})
+                    return passed, {str(key): int(number) for key, number in lines.items()}
                 passed.extend(_connections_from(message, fds))
-        except (HandoverError, OSError) as error:
+        except (HandoverError, OSError, AttributeError, ValueError) as error:
             log.warning("the last generation stopped passing connections: %s", error)
-            return passed, True
-        return passed, False
+            return passed, {}
+        return passed, None
 
     def close(self) -> None:
         self.channel.close()
@@ -244,9 +257,11 @@ def from_environment() -> Succeeding | None:
 def _receive_offer(channel: socket.socket) -> Offer:
     header, fds = _receive(channel, OFFER_PATIENCE)
     try:
-        passed = [PassedSocket(int(slot), str(key)) for slot, key in header["sockets"]]
+        passed = [PassedSocket(int(slot), str(key), str(bound_key))
+                  for slot, key, bound_key in header["sockets"]]
         locked = header["lock"] is True
-        total = locked + len(passed)
+        activated = [(int(index), str(name)) for index, name in header.get("activated", [])]
+        total = locked + len(passed) + len(activated)
         if total > MAX_FDS:
             raise HandoverError("the offer passes too many descriptors")
         while len(fds) < total:
@@ -261,8 +276,15 @@ def _receive_offer(channel: socket.socket) -> Offer:
             sock = socket.socket(fileno=fd)
             sock.setblocking(False)
             sockets.setdefault(name, []).append(sock)
+        inherited = []
+        for (index, label), fd in zip(activated, fds[locked + len(passed):]):
+            sock = socket.socket(fileno=fd)
+            sock.setblocking(False)
+            inherited.append(InheritedSocket(index, label, sock))
+        state_file = header.get("state_file")
         return Offer(int(header["pid"]), int(header["reloads"]), str(header["verb"]),
-                     list(header["layers"]), fds[0] if locked else None, sockets)
+                     list(header["layers"]), fds[0] if locked else None, sockets,
+                     None if state_file is None else str(state_file), inherited)
     except (KeyError, TypeError, ValueError) as error:
         for fd in fds:
             os.close(fd)
@@ -310,7 +332,8 @@ class Succession:
     def begin(cls, command: list[str], cwd: str | None, offer: dict[str, Any],
               lock_fd: int | None, sockets: list[tuple[PassedSocket, socket.socket]],
               patience: float, environment: dict[str, str] | None = None,
-              attached: bool = False, also_pass: Sequence[int] = ()) -> Succession:
+              attached: bool = False, also_pass: Sequence[int] = (),
+              activated: Sequence[InheritedSocket] = ()) -> Succession:
         """Start the successor with ``command`` and send it the offer.
 
         ``attached``: it shares this process's stdout and stderr (a
@@ -336,9 +359,12 @@ class Succession:
         succession = cls(launcher, ours, patience)
         try:
             header = {**offer, "lock": lock_fd is not None,
-                      "sockets": [[name.slot, name.key] for name, _ in sockets]}
+                      "sockets": [[name.slot, name.key, name.bound_key]
+                                  for name, _ in sockets],
+                      "activated": [[passed.index, passed.name] for passed in activated]}
             fds = [*(() if lock_fd is None else (lock_fd,)),
-                   *(sock.fileno() for _, sock in sockets)]
+                   *(sock.fileno() for _, sock in sockets),
+                   *(passed.socket.fileno() for passed in activated)]
             _send(ours, header, fds[:FDS_PER_MESSAGE])
             for start in range(FDS_PER_MESSAGE, len(fds), FDS_PER_MESSAGE):
                 _send(ours, {}, fds[start:start + FDS_PER_MESSAGE])
@@ -425,9 +451,10 @@ class Succession:
             return False
         return True
 
-    def finish_passing(self) -> None:
+    def finish_passing(self, lines: dict[str, int]) -> None:
+        """No more connections; ``lines`` answered here since the state was saved."""
         try:
-            _send(self.channel, {"done": True})
+            _send(self.channel, {"done": True, "lines": lines})
         except OSError:
             pass  # gone: it reads no more anyway
         self.close()

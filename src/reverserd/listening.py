@@ -155,6 +155,11 @@ class ListeningService(Service):
         return service
 
     @property
+    def listened_port(self) -> int | None:
+        """The TCP port bound, once bound (what ``port=0`` turned into)."""
+        return self._listened_port
+
+    @property
     def listening_socket(self) -> socket.socket | None:
         """The listening socket, once bound."""
         return self._socket

@@ -12,11 +12,12 @@ import asyncio
 import dataclasses
 import logging
 import os
+import pathlib
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from reverserd import recorded
+from reverserd import activation, recorded
 from reverserd.errors import UserError, os_reason
 from reverserd.handover import (
     SUCCESSOR_GRACE,
@@ -40,10 +41,27 @@ POLL_INTERVAL = 0.01  # seconds between two looks at a reload under way
 PASS_PATIENCE = 2.0  # seconds a busy connection gets to settle before it finishes here
 
 
+def lines_by_key(application: Application) -> dict[str, int]:
+    """Lines served so far by each listener, by the address it got (the
+    first of listeners on one address)."""
+    lines: dict[str, int] = {}
+    for server in listening_services(application):
+        lines.setdefault(bound_key(server), server.lines_served)
+    return lines
+
+
 def socket_key(server: ListeningService) -> str:
     """How a socket is matched to the new generation's listener: by the
     address its endpoint asks for (``port=0`` included, so it stays put)."""
     return server.endpoint.handover_key()
+
+
+def bound_key(server: ListeningService) -> str:
+    """The key of the address ``server`` got: its endpoint's, with the port
+    ``port=0`` turned into (what a saved state names)."""
+    port = server.listened_port
+    endpoint = server.endpoint if port is None else server.endpoint.with_port(port)
+    return endpoint.handover_key()
 
 
 @dataclasses.dataclass
@@ -60,7 +78,8 @@ class Reloader:
 
     def begin(self, application: Application, claim: Claim | None,
               worker_sockets: Sequence[Sequence[socket.socket]] = (),
-              environment: dict[str, str] | None = None) -> Succession:
+              environment: dict[str, str] | None = None,
+              state_file: pathlib.Path | None = None) -> Succession:
         """Start the next generation and offer it everything it takes over.
 
         ``worker_sockets`` are the sockets of worker slots past the first,
@@ -77,9 +96,11 @@ class Reloader:
         for slot, slot_sockets in enumerate(slots):
             for server, sock in zip(servers, slot_sockets):
                 if sock is not None:
-                    sockets.append((PassedSocket(slot, socket_key(server)), sock))
+                    sockets.append((PassedSocket(slot, socket_key(server), bound_key(server)),
+                                    sock))
         offer = {"pid": os.getpid(), "reloads": 0 if claim is None else claim.reloads,
-                 "verb": self.verb, "layers": recorded.layers_to_json(layers)}
+                 "verb": self.verb, "layers": recorded.layers_to_json(layers),
+                 "state_file": None if state_file is None else str(state_file)}
         directory = layers[0].directory if layers and os.path.isdir(layers[0].directory) \
             else None
         if self.keeps_pid and self.keeper is None:
@@ -91,7 +112,8 @@ class Reloader:
                                 sockets, self.start_timeout + SUCCESSOR_GRACE,
                                 {**os.environ, **(environment or {}), **keeping},
                                 attached=self.verb == "run",
-                                also_pass=() if self.keeper_fd is None else (self.keeper_fd,))
+                                also_pass=() if self.keeper_fd is None else (self.keeper_fd,),
+                                activated=activation.inherited_sockets())
 
     def _current_layers(self, claim: Claim | None) -> tuple[recorded.Layer, ...]:
         """The recorded command lines as they are now: ``reload`` may just
@@ -111,9 +133,12 @@ class Reload:
 
     def __init__(self, reloader: Reloader, application: Application, claim: Claim | None,
                  supervision: Supervision,
-                 worker_sockets: Sequence[Sequence[socket.socket]] = ()) -> None:
+                 worker_sockets: Sequence[Sequence[socket.socket]] = (),
+                 save_state: Callable[[], pathlib.Path] | None = None) -> None:
         self.reloader = reloader
         self.application = application
+        self.save_state = save_state  # with --save: the state the next generation starts from
+        self.saved_lines: dict[str, int] = {}  # lines served when it was saved, by key
         self.claim = claim
         self.supervision = supervision
         self.worker_sockets = worker_sockets
@@ -135,9 +160,14 @@ class Reload:
         log.info("received SIGHUP, reloading: starting a new generation")
         self.supervision.reloading()
         try:
+            state_file = None
+            if self.save_state is not None:
+                self.saved_lines = lines_by_key(self.application)
+                state_file = self.save_state()
             self.succession = self.reloader.begin(self.application, self.claim,
                                                   self.worker_sockets,
-                                                  self.supervision.successor_environment())
+                                                  self.supervision.successor_environment(),
+                                                  state_file)
         except UserError as error:
             return self._failed(str(error))
         log.info("new generation starting (launcher pid %d)", self.succession.launcher_pid)
@@ -177,7 +207,7 @@ class Reload:
         if self.reloader.keeper_fd is not None:
             name_successor(self.reloader.keeper_fd, step.successor)
         self.handed_to = step.successor
-        self.passing = Passing(succession, self.application)
+        self.passing = Passing(succession, self.application, self.saved_lines)
         self.succession = None
         self.letting_in = False
         log.info("reloaded: pid %d \N{RIGHTWARDS ARROW} %d; this generation stops accepting "
@@ -209,8 +239,11 @@ class Passing:
     finish here, as at a graceful stop.
     """
 
-    def __init__(self, succession: Succession, application: Application) -> None:
+    def __init__(self, succession: Succession, application: Application,
+                 saved_lines: dict[str, int]) -> None:
         self.succession = succession
+        self.application = application
+        self.saved_lines = saved_lines
         self.servers = listening_services(application)
         self.deadline = time.monotonic() + PASS_PATIENCE
         self.passed = 0
@@ -222,7 +255,7 @@ class Passing:
         handlers: list[tuple[ListeningService, LineHandler]] = []
         connections = []
         for server in self.servers:
-            key = socket_key(server)
+            key = bound_key(server)
             for handler in server.passable_connections():
                 handlers.append((server, handler))
                 connections.append(PassedConnection(key, handler.partial_line, handler.client,
@@ -237,7 +270,9 @@ class Passing:
         left = sum(server.holds_connections() for server in self.servers)
         if sent and left and time.monotonic() < self.deadline:
             return False
-        self.succession.finish_passing()
+        self.succession.finish_passing({
+            key: lines - self.saved_lines[key]
+            for key, lines in lines_by_key(self.application).items() if key in self.saved_lines})
         log.info("passed %s to the new generation%s", count(self.passed, "connection"),
                  f"; {count(left, 'other')} finish here" if left else "")
         return True
@@ -245,20 +280,20 @@ class Passing:
 
 class Receiving:
     """The new generation's end of ``Passing``: each connection passed on is
-    served by the listener with the same key, from where it was left."""
+    served by the listener on the same address, from where it was left."""
 
     def __init__(self, successor: Succeeding, application: Application) -> None:
         self.successor = successor
         self.loop = asyncio.get_running_loop()
         self.servers: dict[str, ListeningService] = {}
         for server in listening_services(application):
-            self.servers.setdefault(socket_key(server), server)
+            self.servers.setdefault(bound_key(server), server)
         self.adopting: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
         self.received = 0
         self.loop.add_reader(successor.channel.fileno(), self._receive)
 
     def _receive(self) -> None:
-        passed, done = self.successor.receive_connections()
+        passed, lines = self.successor.receive_connections()
         for connection in passed:
             server = self.servers.get(connection.key)
             if server is None:  # its listener is gone from this generation
@@ -269,7 +304,10 @@ class Receiving:
                 connection.sock, connection.partial, connection.client))
             self.adopting.add(task)
             task.add_done_callback(self.adopting.discard)
-        if done:
+        if lines is not None:
+            for key, number in lines.items():
+                if key in self.servers and number > 0:
+                    self.servers[key].add_lines_served(number)
             self.loop.remove_reader(self.successor.channel.fileno())
             self.successor.close()
             log.info("took over %s from pid %d", count(self.received, "connection"),

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
+import pathlib
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -131,7 +133,10 @@ def run(application: Application, claim: Claim | None = None,
     generations = generations or Generations()
     reload = None
     if generations.reloader is not None:
-        reload = reloading.Reload(generations.reloader, application, claim, supervision)
+        reload = reloading.Reload(
+            generations.reloader, application, claim, supervision,
+            save_state=None if save_to is None
+            else functools.partial(_save, application, save_to))
     successor = generations.successor
 
     def take_over_and_say_so() -> None:
@@ -198,7 +203,7 @@ def run(application: Application, claim: Claim | None = None,
     return None if reload is None else reload.handed_to
 
 
-def _save(application: Application, directory: DirectoryHandle) -> None:
+def _save(application: Application, directory: DirectoryHandle) -> pathlib.Path:
     try:
         path = persist.write_state_file(application, directory)
     except OSError as error:
@@ -207,6 +212,7 @@ def _save(application: Application, directory: DirectoryHandle) -> None:
         raise UserError(f"cannot save the application's state in {directory.path}: "
                         f"{os_reason(error)}") from None
     log.info("saved the application's state to %s", path)
+    return path
 
 
 async def serve(application: Application, on_ready: ReadyCallback | None = None,

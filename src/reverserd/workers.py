@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import mmap
 import os
+import pathlib
 import signal
 import socket
 import struct
@@ -188,6 +190,7 @@ class Supervisor:
         self.refresh_pending = False  # a SIGUSR2 that came before every worker served
         self.reload: Reload | None = None
         self.reload_pending = False  # a SIGHUP that came before every worker served
+        self.reload_after_counts = False  # a SIGHUP waiting for the workers' counts
         self.passing: Passing | None = None
         self.take_over: Callable[[], None] | None = None  # a new generation's, at readiness
 
@@ -208,6 +211,8 @@ class Supervisor:
         self.take_over = take_over
         if reload is not None:
             reload.worker_sockets = self.sockets[1:]
+            if reload.save_state is not None:
+                reload.save_state = functools.partial(self._save_with_counts, reload.save_state)
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED_SIGNALS)
         signals.redeliver()  # what came while starting, now for sigtimedwait
         for worker in self.slots:
@@ -249,7 +254,7 @@ class Supervisor:
                     self._start(worker)
         if self.waiting_for_counts and self.counts_deadline <= now:
             self.waiting_for_counts.clear()
-            self._write_state()
+            self._counted()
         self._move_reload_on()
 
     def _move_reload_on(self) -> None:
@@ -286,7 +291,7 @@ class Supervisor:
         elif signum == COUNTED_SIGNAL:
             self.waiting_for_counts.discard(sender)
             if not self.waiting_for_counts:
-                self._write_state()
+                self._counted()
         elif signum in signals.STOP_SIGNALS:
             self._stop(signal.Signals(signum))
         elif signum in signals.REOPEN_SIGNALS:
@@ -308,11 +313,24 @@ class Supervisor:
         if not self.announced:
             self.reload_pending = True
             return
+        if self.reload.save_state is not None and not self.reload_after_counts:
+            self.reload_after_counts = True  # the state saved for the next generation has them
+            self._refresh()
+            if not self.waiting_for_counts:
+                self._counted()
+            return
         runner.reopen_log(signals.RELOAD_SIGNAL, quiet=True)
         if self.reload.request() is not None:
             self._write_state()
         else:
             self._forward(signals.REOPEN_SIGNALS[0])  # the workers' logs, reopened too
+
+    def _counted(self) -> None:
+        """Every worker wrote its counts (or was given up on)."""
+        self._write_state()
+        if self.reload_after_counts:
+            self._on_reload_signal()
+            self.reload_after_counts = False
 
     def _refresh(self) -> None:
         self.waiting_for_counts = {worker.pid for worker in self._alive() if worker.ready}
@@ -476,6 +494,17 @@ class Supervisor:
             return 1
         finally:
             logging.shutdown()
+
+    def _save_with_counts(self, save: Callable[[], pathlib.Path]) -> pathlib.Path:
+        """Save the application's state with the workers' counts so far in it."""
+        totals = self.counts.totals(self.workers)
+        for server, extra in zip(self.servers, totals):
+            server.add_lines_served(extra)
+        try:
+            return save()
+        finally:
+            for server, extra in zip(self.servers, totals):
+                server.add_lines_served(-extra)
 
     def _add_counts_to_application(self) -> None:
         for server, extra in zip(self.servers, self.counts.totals(self.workers)):
