@@ -17,7 +17,9 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -104,6 +106,8 @@ def start(config: Config) -> int:
     try:
         if config.successor is None:
             _remove_stale_files(claimed)
+            if jail is not None:
+                claimed.listen_for_reloads()
         logs.install(_open_daemon_log(config, account), config.log_level,
                      config.log_format or "full")
         prepared = launch.prepare(config, claimed, jail, loop, supervision,
@@ -111,14 +115,14 @@ def start(config: Config) -> int:
         spawned = detach.spawn(
             lambda reporter: _serve_as_daemon(prepared, claimed, reporter),
             detach.Detachment(rundir, umask,
-                              [*prepared.keep_fds(), *claimed.lock.keep_fds(),
-                               *logs.open_fds()],
+                              [*prepared.keep_fds(), *claimed.keep_fds(), *logs.open_fds()],
                               logs.log_file_stream()),
         )
     except BaseException:
         claimed.release()
         raise
     claimed.lock.close()
+    claimed.close_reload_socket()
     prepared.close()
     supervision.close()  # the daemon has its own copies
     return _report_start(files, detach.await_report(spawned, config.start_timeout),
@@ -150,6 +154,7 @@ def _inherited_claim(files: RunFiles, config: Config) -> Claim:
         raise UserError("the daemon being reloaded has no pidfile; this one cannot have one")
     claim = Claim(files, RunLock.inherited(files.lock, offer.lock_fd), offer.reloads + 1)
     claim.owns_files = False
+    claim.reload_socket = offer.reload_socket
     return claim
 
 
@@ -496,22 +501,51 @@ def reload(config: Config) -> int:
     if state is None or state.stopping:
         raise UserError(f"pid {daemon.pid} is {'stopping' if state else 'still starting'}; "
                         "not reloading")
-    if config.chroot is not None:
-        raise UserError("a daemon inside --chroot cannot be reloaded yet; restart it")
     previous = recorded.read(files)
     _record_changes(files, config, previous)
     asked = time.time()
+    patience = config.start_timeout + handover.SUCCESSOR_GRACE
     try:
-        if not _send(daemon, signals.RELOAD_SIGNAL,
-                     lambda: holds_open(daemon.pid, files.lock) is not False):
+        if config.chroot is not None:
+            _start_successor(files, config, daemon.pid, patience)
+        elif not _send(daemon, signals.RELOAD_SIGNAL,
+                       lambda: holds_open(daemon.pid, files.lock) is not False):
             raise UserError(f"pid {daemon.pid} exited before the reload")
-        successor = _await_successor(files, daemon, asked,
-                                     config.start_timeout + handover.SUCCESSOR_GRACE)
+        successor = _await_successor(files, daemon, asked, patience)
     except BaseException:
         _record_changes(files, config, previous, undo=True)
         raise
     say(f"reloaded: pid {daemon.pid} \N{RIGHTWARDS ARROW} {successor}")
     return 0
+
+
+def _start_successor(files: RunFiles, config: Config, daemon: int, patience: float) -> None:
+    """Start the new generation of a daemon confined to a chroot, which
+    cannot start it itself: from here, outside the jail, connected to the
+    daemon's reload socket, through which it makes its offer."""
+    channel = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        channel.settimeout(patience)
+        try:
+            channel.connect(str(files.reload_socket))
+        except OSError as error:
+            raise UserError(f"cannot reach the daemon at {files.reload_socket}: "
+                            f"{os_reason(error)}") from None
+        directory = config.layers[0].directory if config.layers else None
+        try:
+            launcher = subprocess.run(
+                [*handover.program(), "start"], cwd=directory, stdin=subprocess.DEVNULL,
+                capture_output=True, text=True, timeout=patience, check=False,
+                env={**os.environ, handover.ENVIRONMENT_VARIABLE: str(channel.fileno())},
+                pass_fds=(channel.fileno(),))
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise UserError(f"cannot start the new generation: {error}") from None
+    finally:
+        channel.close()
+    if launcher.returncode != 0:
+        reason = (launcher.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise UserError(f"reload failed: {reason.removeprefix('reverserd: ')}; "
+                        f"pid {daemon} serves on")
 
 
 def _record_changes(files: RunFiles, config: Config, previous: tuple[recorded.Layer, ...],

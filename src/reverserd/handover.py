@@ -110,6 +110,30 @@ class PassedConnection:
     sock: socket.socket
 
 
+@dataclasses.dataclass
+class Handed:
+    """The descriptors a predecessor hands on: the run lock (none for a
+    foreground daemon without a pidfile), its listening sockets, the sockets
+    systemd passed it, and the socket ``reload`` reaches a jailed daemon by."""
+
+    lock_fd: int | None
+    sockets: list[tuple[PassedSocket, socket.socket]]
+    activated: Sequence[InheritedSocket] = ()
+    reload_socket: socket.socket | None = None
+
+    def header(self) -> dict[str, Any]:
+        return {"lock": self.lock_fd is not None,
+                "sockets": [[name.slot, name.key, name.bound_key] for name, _ in self.sockets],
+                "activated": [[passed.index, passed.name] for passed in self.activated],
+                "reload_socket": self.reload_socket is not None}
+
+    def fds(self) -> list[int]:
+        return [*(() if self.lock_fd is None else (self.lock_fd,)),
+                *(sock.fileno() for _, sock in self.sockets),
+                *(passed.socket.fileno() for passed in self.activated),
+                *(() if self.reload_socket is None else (self.reload_socket.fileno(),))]
+
+
 @dataclasses.dataclass(frozen=True)
 class PassedSocket:
     """One listening socket handed over: the worker slot it serves (0 without
@@ -133,6 +157,7 @@ class Offer:
     sockets: dict[PassedSocket, list[socket.socket]]
     state_file: str | None = None  # with --save: the application as it was at the reload
     activated: list[InheritedSocket] = dataclasses.field(default_factory=list)
+    reload_socket: socket.socket | None = None
 
     def take_socket(self, slot: int, key: str) -> socket.socket | None:
         """The socket passed for ``key`` in worker slot ``slot``, once: bound for
@@ -261,7 +286,8 @@ def _receive_offer(channel: socket.socket) -> Offer:
                   for slot, key, bound_key in header["sockets"]]
         locked = header["lock"] is True
         activated = [(int(index), str(name)) for index, name in header.get("activated", [])]
-        total = locked + len(passed) + len(activated)
+        reachable = header.get("reload_socket") is True
+        total = locked + len(passed) + len(activated) + reachable
         if total > MAX_FDS:
             raise HandoverError("the offer passes too many descriptors")
         while len(fds) < total:
@@ -281,17 +307,22 @@ def _receive_offer(channel: socket.socket) -> Offer:
             sock = socket.socket(fileno=fd)
             sock.setblocking(False)
             inherited.append(InheritedSocket(index, label, sock))
+        reload_socket = None
+        if reachable:
+            reload_socket = socket.socket(fileno=fds[-1])
+            reload_socket.setblocking(False)
         state_file = header.get("state_file")
         return Offer(int(header["pid"]), int(header["reloads"]), str(header["verb"]),
                      list(header["layers"]), fds[0] if locked else None, sockets,
-                     None if state_file is None else str(state_file), inherited)
+                     None if state_file is None else str(state_file), inherited,
+                     reload_socket)
     except (KeyError, TypeError, ValueError) as error:
         for fd in fds:
             os.close(fd)
         raise HandoverError(f"the offer is not one reverserd made: {error}") from None
 
 
-def _program() -> list[str]:
+def program() -> list[str]:
     """How to run reverserd anew: as this process was run (the ``reverserd``
     script, which ``pip install`` replaces on an upgrade), else as a module
     of this interpreter."""
@@ -319,7 +350,7 @@ class Succession:
     ``--workers`` main process's signal loop) every few milliseconds.
     """
 
-    def __init__(self, launcher: subprocess.Popen[bytes], channel: socket.socket,
+    def __init__(self, launcher: subprocess.Popen[bytes] | None, channel: socket.socket,
                  patience: float) -> None:
         self.launcher = launcher
         self.channel = channel
@@ -330,10 +361,8 @@ class Succession:
 
     @classmethod
     def begin(cls, command: list[str], cwd: str | None, offer: dict[str, Any],
-              lock_fd: int | None, sockets: list[tuple[PassedSocket, socket.socket]],
-              patience: float, environment: dict[str, str] | None = None,
-              attached: bool = False, also_pass: Sequence[int] = (),
-              activated: Sequence[InheritedSocket] = ()) -> Succession:
+              handed: Handed, patience: float, environment: dict[str, str] | None = None,
+              attached: bool = False, also_pass: Sequence[int] = ()) -> Succession:
         """Start the successor with ``command`` and send it the offer.
 
         ``attached``: it shares this process's stdout and stderr (a
@@ -345,7 +374,7 @@ class Succession:
             env[ENVIRONMENT_VARIABLE] = str(theirs.fileno())
             try:
                 launcher = subprocess.Popen(
-                    [*_program(), *command], cwd=cwd, env=env,
+                    [*program(), *command], cwd=cwd, env=env,
                     pass_fds=(theirs.fileno(), *also_pass), stdin=subprocess.DEVNULL,
                     stdout=None if attached else subprocess.DEVNULL,
                     stderr=None if attached else subprocess.DEVNULL)
@@ -356,27 +385,30 @@ class Succession:
             raise
         finally:
             theirs.close()
-        succession = cls(launcher, ours, patience)
+        return cls(launcher, ours, patience)._offer(offer, handed)
+
+    @classmethod
+    def requested(cls, channel: socket.socket, offer: dict[str, Any], handed: Handed,
+                  patience: float) -> Succession:
+        """Send the offer to a successor someone else started (``reload``,
+        from outside a chroot), over the connection it made."""
+        return cls(None, channel, patience)._offer(offer, handed)
+
+    def _offer(self, offer: dict[str, Any], handed: Handed) -> Succession:
         try:
-            header = {**offer, "lock": lock_fd is not None,
-                      "sockets": [[name.slot, name.key, name.bound_key]
-                                  for name, _ in sockets],
-                      "activated": [[passed.index, passed.name] for passed in activated]}
-            fds = [*(() if lock_fd is None else (lock_fd,)),
-                   *(sock.fileno() for _, sock in sockets),
-                   *(passed.socket.fileno() for passed in activated)]
-            _send(ours, header, fds[:FDS_PER_MESSAGE])
+            fds = handed.fds()
+            _send(self.channel, {**offer, **handed.header()}, fds[:FDS_PER_MESSAGE])
             for start in range(FDS_PER_MESSAGE, len(fds), FDS_PER_MESSAGE):
-                _send(ours, {}, fds[start:start + FDS_PER_MESSAGE])
+                _send(self.channel, {}, fds[start:start + FDS_PER_MESSAGE])
         except (OSError, UserError) as error:
-            succession.abandon(f"cannot hand the sockets over: {error}")
-            return succession
-        ours.settimeout(ANSWER_PATIENCE)
-        return succession
+            self.abandon(f"cannot hand the sockets over: {error}")
+            return self
+        self.channel.settimeout(ANSWER_PATIENCE)
+        return self
 
     @property
-    def launcher_pid(self) -> int:
-        return self.launcher.pid
+    def launcher_pid(self) -> int | None:
+        return None if self.launcher is None else self.launcher.pid
 
     def poll(self) -> Outcome | None:
         """The next step once there is one; ``None`` meanwhile."""
@@ -419,14 +451,17 @@ class Succession:
 
         Whatever is left of it is killed: a failed reload leaves nothing behind.
         """
-        try:
-            status = self.launcher.wait(SUCCESSOR_GRACE)
-        except subprocess.TimeoutExpired:
-            self.abandon(reason or "the new generation stopped answering")
-            return
+        status = None
+        if self.launcher is not None:
+            try:
+                status = self.launcher.wait(SUCCESSOR_GRACE)
+            except subprocess.TimeoutExpired:
+                self.abandon(reason or "the new generation stopped answering")
+                return
         self._kill_successor()
-        self.outcome = Outcome(failure=reason or f"the new generation exited with status "
-                               f"{status} without a word")
+        how = "" if status is None else f" with status {status}"
+        self.outcome = Outcome(failure=reason or f"the new generation exited{how} "
+                               "without a word")
         self.close()
 
     def _kill_successor(self) -> None:
@@ -471,8 +506,9 @@ class Succession:
     def abandon(self, reason: str) -> None:
         """Give up on the successor: kill it and its launcher, nothing else changes."""
         self._kill_successor()
-        self.launcher.kill()
-        self.launcher.wait()
+        if self.launcher is not None:
+            self.launcher.kill()
+            self.launcher.wait()
         self.outcome = Outcome(failure=reason)
         self.close()
 

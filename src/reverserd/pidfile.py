@@ -14,6 +14,9 @@
 ``reverserd.pid.options``
     The command lines the daemon was started with, which ``restart`` and
     ``reload`` use again; kept after a stop.
+``reverserd.pid.reload``
+    With ``--chroot``: a Unix socket (root's only) through which ``reload``,
+    from outside the jail, asks the daemon for its sockets.
 
 These files may sit in a directory other users can write, such as /tmp, so
 none is taken on trust: each is opened without following a symbolic link and
@@ -32,6 +35,7 @@ import json
 import math
 import os
 import pathlib
+import socket
 import stat
 import time
 from typing import Any
@@ -46,6 +50,7 @@ OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 PIDFILE_BYTES = 64  # a pid and a newline, with room to spare
 STATE_BYTES = 1 << 20  # a state file names a few addresses and workers: far less than this
 PID_MAX_LIMIT = 4_194_304  # Linux never hands out a larger pid
+RELOAD_BACKLOG = 4
 HANDOVER_RETRIES = 50
 HANDOVER_PAUSE = 0.002  # seconds: a reload rewrites pidfile and state file within about 1 ms
 
@@ -116,11 +121,16 @@ def _directory_owner(path: pathlib.Path) -> int | None:
         return None
 
 
-def open_run_file(kind: str, path: pathlib.Path, owners: Owners) -> int | None:
-    """A descriptor to read ``path`` through, once it proved acceptable;
-    ``None`` when there is no such file. Never blocks, never follows a link."""
+def open_run_file(kind: str, path: pathlib.Path, owners: Owners,
+                  directory: DirectoryHandle | None = None) -> int | None:
+    """A descriptor to read ``path`` through (by name in ``directory`` if
+    given: inside a chroot), once it proved acceptable; ``None`` when there
+    is no such file. Never blocks, never follows a link."""
     try:
-        fd = os.open(path, os.O_RDONLY | OPEN_FLAGS)
+        if directory is None:
+            fd = os.open(path, os.O_RDONLY | OPEN_FLAGS)
+        else:
+            fd = directory.open(path.name, os.O_RDONLY | OPEN_FLAGS)
     except FileNotFoundError:
         return None
     except OSError as error:
@@ -135,9 +145,10 @@ def open_run_file(kind: str, path: pathlib.Path, owners: Owners) -> int | None:
     return fd
 
 
-def read_run_file(kind: str, path: pathlib.Path, owners: Owners, limit: int) -> bytes | None:
+def read_run_file(kind: str, path: pathlib.Path, owners: Owners, limit: int,
+                  directory: DirectoryHandle | None = None) -> bytes | None:
     """Up to ``limit`` bytes of ``path``; ``None`` when there is no such file."""
-    fd = open_run_file(kind, path, owners)
+    fd = open_run_file(kind, path, owners, directory)
     if fd is None:
         return None
     chunks: list[bytes] = []
@@ -169,6 +180,10 @@ class RunFiles:
     @property
     def options(self) -> pathlib.Path:
         return self.pidfile.with_name(self.pidfile.name + ".options")
+
+    @property
+    def reload_socket(self) -> pathlib.Path:
+        return self.pidfile.with_name(self.pidfile.name + ".reload")
 
     def check_usable(self) -> None:
         """Refuse a pidfile path that could only be misused, before anything runs.
@@ -605,6 +620,7 @@ class Claim:
         self.reloads = reloads
         self.reload_failure: tuple[float, str] = (0.0, "")
         self.owns_files = True  # False once handed over, or until a new generation takes over
+        self.reload_socket: socket.socket | None = None
         self._wrote_pidfile = False
         self._serving_since: float | None = None
 
@@ -630,6 +646,42 @@ class Claim:
     def hand_over(self, uid: int, gid: int) -> None:
         """Give the lock file to the account the daemon will run as."""
         os.fchown(self.lock.fd, uid, gid)
+
+    def listen_for_reloads(self) -> None:
+        """Listen on the reload socket, which only root may connect to: the
+        way ``reload`` reaches a daemon confined to a chroot, which could not
+        start its successor itself."""
+        name = self.files.reload_socket.name
+        found = self.directory.lstat(name)
+        if found is not None and not stat.S_ISSOCK(found.st_mode):
+            raise UserError(f"cannot listen on {self.files.reload_socket}: the path exists "
+                            "and is not a socket")
+        self.directory.unlink(name)  # left by a daemon that is gone: we hold the lock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        umask = os.umask(0o177)
+        try:
+            sock.bind(f"/proc/self/fd/{self.directory.fd}/{name}")
+            sock.listen(RELOAD_BACKLOG)
+        except OSError as error:
+            sock.close()
+            raise UserError(f"cannot listen on {self.files.reload_socket}: "
+                            f"{os_reason(error)}") from None
+        finally:
+            os.umask(umask)
+        sock.setblocking(False)
+        self.reload_socket = sock
+
+    def keep_fds(self) -> list[int]:
+        """Descriptors a daemon must inherit to go on holding its run files."""
+        fds = self.lock.keep_fds()
+        if self.reload_socket is not None:
+            fds.append(self.reload_socket.fileno())
+        return fds
+
+    def close_reload_socket(self) -> None:
+        if self.reload_socket is not None:
+            self.reload_socket.close()
+            self.reload_socket = None
 
     def write_pidfile(self, owner: tuple[int, int] | None = None) -> None:
         """Write this process's pid; called in the process that will serve,
@@ -677,9 +729,13 @@ class Claim:
 
     def release(self) -> None:
         if not self.owns_files:
+            self.close_reload_socket()
             self.lock.close()
             return
         if self.directory.fd >= 0:
+            if self.reload_socket is not None:
+                self.directory.unlink(self.files.reload_socket.name)
+            self.close_reload_socket()
             self.directory.unlink(self.files.state.name)
             if self._wrote_pidfile:
                 self.directory.unlink(self.files.pidfile.name)

@@ -61,14 +61,16 @@ def layers_from_json(fields: Any) -> tuple[Layer, ...]:
     return tuple(Layer.from_json(layer) for layer in fields)
 
 
-def read(files: RunFiles) -> tuple[Layer, ...]:
-    """The layers recorded next to ``files``' pidfile; none when there is no record.
+def read(files: RunFiles, directory: DirectoryHandle | None = None) -> tuple[Layer, ...]:
+    """The layers recorded next to ``files``' pidfile (reached through
+    ``directory``, its directory, if given); none when there is no record.
 
     A damaged record is an error rather than nothing: restarting a daemon
     with options other than its own would be a surprise.
     """
     try:
-        content = read_run_file("options file", files.options, files.owners, OPTIONS_BYTES + 1)
+        content = read_run_file("options file", files.options, files.owners, OPTIONS_BYTES + 1,
+                                directory)
     except OSError as error:
         raise UserError(f"cannot read {files.options}: {os_reason(error)}") from None
     if content is None:

@@ -14,6 +14,7 @@ import logging
 import os
 import pathlib
 import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 
@@ -21,6 +22,7 @@ from reverserd import activation, recorded
 from reverserd.errors import UserError, os_reason
 from reverserd.handover import (
     SUCCESSOR_GRACE,
+    Handed,
     Outcome,
     PassedConnection,
     PassedSocket,
@@ -79,15 +81,15 @@ class Reloader:
     def begin(self, application: Application, claim: Claim | None,
               worker_sockets: Sequence[Sequence[socket.socket]] = (),
               environment: dict[str, str] | None = None,
-              state_file: pathlib.Path | None = None) -> Succession:
-        """Start the next generation and offer it everything it takes over.
+              state_file: pathlib.Path | None = None,
+              requested: socket.socket | None = None) -> Succession:
+        """Start the next generation and offer it everything it takes over;
+        or, when ``reload`` started it (``requested``: its connection to the
+        reload socket), only make the offer.
 
         ``worker_sockets`` are the sockets of worker slots past the first,
         in the order of the application's listeners.
         """
-        if self.jailed:
-            raise UserError("a daemon inside --chroot cannot start its successor: run "
-                            "'reverserd reload' from outside the jail")
         layers = self._current_layers(claim)
         servers = listening_services(application)
         sockets: list[tuple[PassedSocket, socket.socket]] = []
@@ -101,19 +103,25 @@ class Reloader:
         offer = {"pid": os.getpid(), "reloads": 0 if claim is None else claim.reloads,
                  "verb": self.verb, "layers": recorded.layers_to_json(layers),
                  "state_file": None if state_file is None else str(state_file)}
+        handed = Handed(None if claim is None else claim.lock.fd, sockets,
+                        activation.inherited_sockets(),
+                        None if claim is None else claim.reload_socket)
+        patience = self.start_timeout + SUCCESSOR_GRACE
+        if requested is not None:
+            return Succession.requested(requested, offer, handed, patience)
+        if self.jailed:
+            raise UserError("a daemon inside --chroot cannot start its successor: run "
+                            "'reverserd reload' from outside the jail")
         directory = layers[0].directory if layers and os.path.isdir(layers[0].directory) \
             else None
         if self.keeps_pid and self.keeper is None:
             self.keeper = Keeper.adopt_orphans()
             self.keeper_fd = self.keeper.write_fd
         keeping = {} if self.keeper_fd is None else {KEEPER_VARIABLE: str(self.keeper_fd)}
-        return Succession.begin([self.verb], directory, offer,
-                                None if claim is None else claim.lock.fd,
-                                sockets, self.start_timeout + SUCCESSOR_GRACE,
+        return Succession.begin([self.verb], directory, offer, handed, patience,
                                 {**os.environ, **(environment or {}), **keeping},
                                 attached=self.verb == "run",
-                                also_pass=() if self.keeper_fd is None else (self.keeper_fd,),
-                                activated=activation.inherited_sockets())
+                                also_pass=() if self.keeper_fd is None else (self.keeper_fd,))
 
     def _current_layers(self, claim: Claim | None) -> tuple[recorded.Layer, ...]:
         """The recorded command lines as they are now: ``reload`` may just
@@ -121,7 +129,7 @@ class Reloader:
         if claim is None:
             return self.layers
         try:
-            return recorded.read(claim.files) or self.layers
+            return recorded.read(claim.files, claim.directory) or self.layers
         except UserError as error:
             log.warning("%s; reloading with the options this generation started with", error)
             return self.layers
@@ -151,13 +159,18 @@ class Reload:
     def under_way(self) -> bool:
         return self.succession is not None
 
-    def request(self) -> Outcome | None:
-        """Start the next generation, unless one is starting already; the
-        outcome if the reload failed at once."""
-        if self.succession is not None:
-            log.info("received SIGHUP; a reload is under way already")
+    def request(self, requested: socket.socket | None = None) -> Outcome | None:
+        """Start the next generation (``reload`` started it if ``requested``,
+        the connection it made), unless one is starting already; the outcome
+        if the reload failed at once."""
+        how = "SIGHUP" if requested is None else "a reload request"
+        if self.succession is not None or self.handed_to is not None:
+            log.info("received %s; a reload is under way already", how)
+            if requested is not None:
+                requested.close()
             return None
-        log.info("received SIGHUP, reloading: starting a new generation")
+        log.info("received %s, reloading: %s", how, "starting a new generation"
+                 if requested is None else "offering the sockets to a new generation")
         self.supervision.reloading()
         try:
             state_file = None
@@ -167,11 +180,46 @@ class Reload:
             self.succession = self.reloader.begin(self.application, self.claim,
                                                   self.worker_sockets,
                                                   self.supervision.successor_environment(),
-                                                  state_file)
+                                                  state_file, requested)
         except UserError as error:
+            if requested is not None:
+                requested.close()
             return self._failed(str(error))
-        log.info("new generation starting (launcher pid %d)", self.succession.launcher_pid)
+        if self.succession.launcher_pid is not None:
+            log.info("new generation starting (launcher pid %d)", self.succession.launcher_pid)
         return None
+
+    @property
+    def reload_socket(self) -> socket.socket | None:
+        return None if self.claim is None else self.claim.reload_socket
+
+    def close_reload_socket(self) -> None:
+        """The successor answers reload requests now."""
+        if self.claim is not None:
+            self.claim.close_reload_socket()
+
+    def accept_request(self) -> socket.socket | None:
+        """A connection to the reload socket from root or this daemon's own
+        user (anyone else is turned away); ``None`` if there is none."""
+        listening = None if self.claim is None else self.claim.reload_socket
+        if listening is None:
+            return None
+        try:
+            connection, _ = listening.accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as error:
+            log.warning("cannot accept a reload request: %s", os_reason(error))
+            return None
+        credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                            struct.calcsize("3i"))
+        uid: int = struct.unpack("3i", credentials)[1]
+        if uid not in (0, os.geteuid()):
+            log.warning("turned away a reload request from uid %d", uid)
+            connection.close()
+            return None
+        connection.setblocking(True)
+        return connection
 
     def poll(self, stopping: bool) -> Outcome | None:
         """Move the reload on; its outcome once known. ``stopping``: this

@@ -347,6 +347,10 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         if outcome is None:
             return
         if outcome.successor is not None:
+            if reachable is not None:
+                assert reload is not None
+                loop.remove_reader(reachable.fileno())
+                reload.close_reload_socket()
             pass_connections()
         else:
             refresh()
@@ -361,7 +365,21 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         else:
             polling = loop.call_later(reloading.POLL_INTERVAL, pass_connections)
 
+    def on_reload_request() -> None:
+        assert reload is not None
+        requested = reload.accept_request()
+        if requested is None:
+            return
+        if stop_requested.is_set() or not serving.is_set():
+            requested.close()  # the reload command is told by the channel closing
+            return
+        settled(reload.request(requested))
+        poll_reload()
+
     loop.add_signal_handler(RELOAD_SIGNAL, on_reload_signal)
+    reachable = None if reload is None else reload.reload_socket
+    if reachable is not None:
+        loop.add_reader(reachable.fileno(), on_reload_request)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
     signals.redeliver()
     try:
@@ -400,6 +418,8 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         for timer in (ticking, pinging, polling):
             if timer is not None:
                 timer.cancel()
+        if reachable is not None and reachable.fileno() >= 0:
+            loop.remove_reader(reachable.fileno())
         for signum in handled:
             loop.remove_signal_handler(signum)
 

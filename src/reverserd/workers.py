@@ -61,6 +61,7 @@ ACCEPT_SIGNAL = signal.SIGRTMIN + 3
 SUPERVISED_SIGNALS = (signal.SIGCHLD, *signals.HANDLED_SIGNALS, READY_SIGNAL, COUNTED_SIGNAL,
                       STOP_NOW_SIGNAL, ACCEPT_SIGNAL)
 ACCEPT_PATIENCE = 1.0  # seconds between two looks at the main process while waiting to accept
+REQUEST_INTERVAL = 0.1  # seconds between two looks at the reload socket (with --chroot)
 FIRST_RETRY = 0.1  # seconds before the second restart in a row; the first is at once
 LONGEST_RETRY = 5.0
 STEADY_AFTER = 10.0  # a worker that served this long resets the backoff
@@ -237,6 +238,8 @@ class Supervisor:
             moments.append(self.next_ping)
         if (self.reload is not None and self.reload.under_way) or self.passing is not None:
             moments.append(now + POLL_INTERVAL)
+        elif self.reload is not None and self.reload.reload_socket is not None:
+            moments.append(now + REQUEST_INTERVAL)
         return max(0.0, min(moments, default=now + SWEEP_INTERVAL) - now)
 
     def _on_timer(self) -> None:
@@ -260,11 +263,18 @@ class Supervisor:
     def _move_reload_on(self) -> None:
         if self.reload is None:
             return
+        requested = self.reload.accept_request()
+        if requested is not None:
+            if self.stopping or not self.announced:
+                requested.close()
+            elif self.reload.request(requested) is not None:
+                self._write_state()
         outcome = self.reload.poll(self.stopping)
         if outcome is not None and outcome.successor is None:
             self._write_state()  # with why the reload failed
         elif outcome is not None:
             self.passing, self.reload.passing = self.reload.passing, None
+            self.reload.close_reload_socket()
         if self.passing is not None and self.passing.step():  # the workers keep theirs
             self.passing = None
             self._stop_for("the new generation took over")

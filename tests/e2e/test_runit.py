@@ -3,7 +3,14 @@
 The shipped directory is copied into tmp_path unchanged; only its ./conf is written, which the
 run files read (see service_dirs): REVERSERD becomes the virtualenv's reverserd instead of
 /usr/local/bin/reverserd, REVERSERD_OPTIONS becomes --port 0 (any free port, read back from the
-log) and REVERSERD_LOGDIR a directory in tmp_path instead of /var/log/reverserd.
+log) and REVERSERD_LOGDIR a directory in tmp_path instead of /var/log/reverserd. One test adds
+a ./finish to the copy (runsv runs it with the exit code of ./run), because sv status never says
+how the service's process exited.
+
+The reload tests hold the pid runsv watches to its word: after ``sv hup`` a new generation of
+reverserd serves, while the first process stays as the one runsv knows (the keeper). The
+functions that follow a reload through the log and the process tree are shared with the s6 and
+supervisord tests, which check the same under their own supervisor.
 """
 
 from __future__ import annotations
