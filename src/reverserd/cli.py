@@ -331,14 +331,19 @@ UNSET = _Unset()
 
 
 def _given(parser: argparse.ArgumentParser, dests: set[str], argv: Sequence[str] | None,
-           directory: str) -> argparse.Namespace:
-    """What one command line sets (``UNSET`` elsewhere), its paths taken from ``directory``."""
+           directory: str | None = None) -> argparse.Namespace:
+    """What one command line sets (``UNSET`` elsewhere); with ``directory``
+    (a recorded one's), its relative paths taken from there. This command
+    line's own stay as given, so that messages name them as the operator did,
+    unless it replays recorded ones (``restart`` starts from their directory)."""
     given = parser.parse_args(argv, namespace=argparse.Namespace(
         **dict.fromkeys(dests, UNSET)))
+    if directory is None and given.verb not in REPLAYING_VERBS:
+        return given
     for dest in PATH_OPTIONS:
         value = getattr(given, dest)
         if isinstance(value, pathlib.Path) and value != STDOUT:
-            setattr(given, dest, pathlib.Path(directory, value))
+            setattr(given, dest, pathlib.Path(directory or os.getcwd(), value))
     return given
 
 
@@ -380,7 +385,7 @@ def parse_options(argv: Sequence[str] | None = None,
     file over the defaults, checked."""
     parser = build_parser()
     dests = {action.dest for action in parser._actions if action.dest != "verb"}
-    given = _given(parser, dests, argv, os.getcwd())
+    given = _given(parser, dests, argv)
     if layers:
         given = _layered(dests, layers, given)
     from_file: dict[str, object] = {}
@@ -451,7 +456,7 @@ def _replayed_layers(argv: Sequence[str] | None,
     parser = build_parser()
     dests = {action.dest for action in parser._actions if action.dest != "verb"}
     arguments = sys.argv[1:] if argv is None else list(argv)
-    now = _given(parser, dests, arguments, os.getcwd())
+    now = _given(parser, dests, arguments)
     starts_afresh = successor is None and now.verb not in REPLAYING_VERBS
     own = recorded.Layer.of_this_process(arguments) \
         if starts_afresh or _changes_options(now, dests) else None

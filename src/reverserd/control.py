@@ -207,8 +207,13 @@ def stop(config: Config) -> int:
         say("is not running")
         return 0
     stopped: list[int] = []
+    generation = -1
     while len(stopped) < MAX_GENERATIONS and (target := _daemon(files, config.stop_timeout)):
-        stopped.append(_end(files, *target, config.stop_timeout))
+        daemon, state = target
+        if stopped and (state is None or state.reloads <= generation):
+            break  # not a reload's new generation: a start that came meanwhile
+        generation = -1 if state is None else state.reloads
+        stopped.append(_end(files, daemon, state, config.stop_timeout))
     if not stopped:
         say("is not running")
         return 0
@@ -625,7 +630,7 @@ def run_foreground(config: Config) -> int:
         handler, log_format = _open_foreground_log(config, account)
         logs.install(handler, config.log_level, log_format)
         reloader = _reloader("run", config)
-        reloader.keeper_fd = keeper.named_by_environment()
+        reloader.follow_keeper(keeper.named_by_environment())
         # Under runit, s6 or supervisord (not systemd, which follows MAINPID=), the
         # first generation stays as the process they watch.
         reloader.keeps_pid = config.successor is None and supervision.notifier is None

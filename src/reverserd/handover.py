@@ -1,8 +1,8 @@
 """Passing a serving daemon on to its next generation, with no moment of refusal.
 
-A reload starts the next generation as a fresh ``python -m reverserd``
-process, which reads code, application file, configuration and certificates
-anew. The generation serving now (the *predecessor*) hands it, over a Unix
+A reload starts the next generation as a fresh ``reverserd`` process (see
+``program``), which reads code, application file, configuration and
+certificates anew. The generation serving now (the *predecessor*) hands it, over a Unix
 socket pair and with ``SCM_RIGHTS``, the very listening sockets it serves
 and the run lock: nothing is closed and bound again, so the kernel keeps
 queueing clients throughout, and the lock is never free. Then::
@@ -22,7 +22,8 @@ ended goes with it)::
 
     predecessor -> successor   {"connections": [[key, partial line, client], ...]}
                                + their descriptors, as many messages as needed
-    predecessor -> successor   {"done": true}
+    predecessor -> successor   {"done": true, "lines": {...}}   (lines answered since a
+                                                             --save state was taken)
 
 and answers what the others (TLS, or too busy to settle in time) already
 sent, as at a graceful stop. A successor that fails, hangs or is refused
@@ -75,13 +76,15 @@ def _send(channel: socket.socket, message: dict[str, Any], fds: Sequence[int] = 
         channel.send(data)
 
 
-def _readable(channel: socket.socket) -> bool:
-    return bool(select.select([channel], [], [], 0)[0])
+def _readable(channel: socket.socket, timeout: float = 0) -> bool:
+    """Whether a message waits (``poll``: a daemon's descriptors go past select's 1024)."""
+    poller = select.poll()
+    poller.register(channel, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
 
 
 def _receive(channel: socket.socket, timeout: float) -> tuple[dict[str, Any], list[int]]:
-    ready, _, _ = select.select([channel], [], [], timeout)
-    if not ready:
+    if not _readable(channel, timeout):
         raise HandoverError(f"no word from the other generation within {timeout:g} s")
     data, fds, _, _ = socket.recv_fds(channel, MESSAGE_BYTES, FDS_PER_MESSAGE)
     if not data:
@@ -219,27 +222,47 @@ class Succeeding:
         self.channel.setblocking(False)
         return True
 
-    def receive_connections(self) -> tuple[list[PassedConnection], dict[str, int] | None]:
-        """The connections passed on since the last call; once the predecessor
-        is done passing, also the lines it answered since its state was saved
-        for this generation, by listener key (else ``None``)."""
-        passed: list[PassedConnection] = []
+    def receive(self) -> Received:
+        """What the predecessor sent since the last call (never waits)."""
+        received = Received()
         try:
             while _readable(self.channel):
                 message, fds = _receive(self.channel, 0)
-                if message.get("done") is True:
+                received.heard = True
+                if isinstance(message.get("lines"), dict):
+                    received.lines = {str(key): int(number)
+                                      for key, number in message["lines"].items()}
+                    received.over = True
+                if message.get("done") is True or received.over:
                     for fd in fds:
                         os.close(fd)
-                    lines = message.get("lines", {})
-                    return passed, {str(key): int(number) for key, number in lines.items()}
-                passed.extend(_connections_from(message, fds))
-        except (HandoverError, OSError, AttributeError, ValueError) as error:
+                    received.done = True
+                    if received.over:
+                        break
+                else:
+                    received.connections.extend(_connections_from(message, fds))
+        except HandoverError:
+            received.over = True  # the predecessor is gone: nothing more will come
+        except (OSError, AttributeError, ValueError) as error:
             log.warning("the last generation stopped passing connections: %s", error)
-            return passed, {}
-        return passed, None
+            received.over = True
+        return received
 
     def close(self) -> None:
         self.channel.close()
+
+
+@dataclasses.dataclass
+class Received:
+    """What a successor heard from its predecessor after taking over:
+    connections, that passing them is ``done``, and at last (``over``) the
+    lines the predecessor answered since it saved its state for the successor."""
+
+    heard: bool = False
+    connections: list[PassedConnection] = dataclasses.field(default_factory=list)
+    done: bool = False
+    lines: dict[str, int] = dataclasses.field(default_factory=dict)
+    over: bool = False
 
 
 def _connections_from(message: dict[str, Any], fds: list[int]) -> list[PassedConnection]:
@@ -471,27 +494,44 @@ class Succession:
             except ProcessLookupError:
                 pass
 
-    def pass_connections(self, connections: Sequence[PassedConnection]) -> bool:
-        """Send ``connections`` on; whether the successor got them (if not,
-        they stay this generation's)."""
+    def pass_connections(self, connections: Sequence[PassedConnection]) -> int:
+        """Send ``connections`` on, in as many messages as they need; how many
+        of them (in order) the successor got: the others stay this generation's."""
+        sent = 0
         try:
-            for start in range(0, len(connections), FDS_PER_MESSAGE):
-                batch = connections[start:start + FDS_PER_MESSAGE]
-                _send(self.channel, {"connections": [
-                    [passed.key, base64.b64encode(passed.partial).decode("ascii"),
-                     passed.client] for passed in batch]},
+            while sent < len(connections):
+                entries: list[list[object]] = []
+                size = 0
+                for passed in connections[sent:sent + FDS_PER_MESSAGE]:
+                    entry: list[object] = [passed.key,
+                                           base64.b64encode(passed.partial).decode("ascii"),
+                                           passed.client]
+                    size += len(json.dumps(entry)) + 2
+                    if entries and size > MESSAGE_BYTES - 1024:
+                        break
+                    entries.append(entry)
+                batch = connections[sent:sent + len(entries)]
+                _send(self.channel, {"connections": entries},
                       [passed.sock.fileno() for passed in batch])
+                sent += len(batch)
         except (OSError, UserError) as error:
             log.warning("cannot pass connections to the new generation: %s", error)
-            return False
-        return True
+        return sent
 
-    def finish_passing(self, lines: dict[str, int]) -> None:
-        """No more connections; ``lines`` answered here since the state was saved."""
+    def finish_passing(self) -> None:
+        """No more connections."""
         try:
-            _send(self.channel, {"done": True, "lines": lines})
+            _send(self.channel, {"done": True})
         except OSError:
-            pass  # gone: it reads no more anyway
+            pass  # gone: it learns that the channel closed
+
+    def report_lines(self, lines: dict[str, int]) -> None:
+        """The last word, as this generation ends: the ``lines`` it answered
+        since it saved its state for the successor."""
+        try:
+            _send(self.channel, {"lines": lines})
+        except OSError:
+            pass  # gone: they are lost with it
         self.close()
 
     def answer(self, take: bool) -> None:

@@ -46,8 +46,6 @@ class Keeper:
             raise OSError(ctypes.get_errno(), "cannot become a subreaper")
         return cls()
 
-    def environment(self) -> dict[str, str]:
-        return {KEEPER_VARIABLE: str(self.write_fd)}
 
     def latest(self, current: int) -> int:
         """The last generation named through the pipe, else ``current``."""
@@ -96,17 +94,23 @@ class Keeper:
                 return os.waitstatus_to_exitcode(status)
 
 
-def named_by_environment() -> int | None:
-    """The keeper's pipe, passed on by the last generation; removed from the environment."""
-    value = os.environ.pop(KEEPER_VARIABLE, "")
-    if not value.isdigit():
+def environment(fd: int, keeper: int) -> dict[str, str]:
+    """How a generation finds the keeper: its pipe (``fd``) and its pid."""
+    return {KEEPER_VARIABLE: f"{fd}:{keeper}"}
+
+
+def named_by_environment() -> tuple[int, int, int] | None:
+    """The keeper's pipe, its pid and a pidfd of it, passed on by the last
+    generation; removed from the environment. A generation ends with the
+    keeper: the supervisor counts the service dead once the pid it watches is."""
+    fd, _, pid = os.environ.pop(KEEPER_VARIABLE, "").partition(":")
+    if not (fd.isdigit() and pid.isdigit()):
         return None
-    fd = int(value)
     try:
-        os.set_inheritable(fd, False)
+        os.set_inheritable(int(fd), False)
+        return int(fd), int(pid), os.pidfd_open(int(pid))
     except OSError:
         return None
-    return fd
 
 
 def name_successor(fd: int, successor: int) -> None:

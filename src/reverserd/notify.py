@@ -194,6 +194,9 @@ class Supervision:
 
     notifier: Notifier | None = None
     ready_descriptor: ReadyDescriptor | None = None
+    # A new generation is not systemd's main process until its predecessor says
+    # MAINPID=: anything it sent before would be dropped (NotifyAccess=main).
+    silent_until_named: bool = False
 
     @classmethod
     def from_environment(cls, ready_fd: int | None) -> Supervision:
@@ -229,8 +232,12 @@ class Supervision:
             self.notifier.send(_status(status))
 
     def ping(self) -> None:
-        if self.notifier is not None:
+        if self.notifier is not None and not self.silent_until_named:
             self.notifier.send("WATCHDOG=1")
+
+    def named(self) -> None:
+        """The predecessor told systemd this process is the main one now."""
+        self.silent_until_named = False
 
     def reloading(self) -> None:
         """A reload began: systemd waits for the next ``READY=1``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
@@ -29,7 +30,8 @@ from reverserd.handover import (
     Succeeding,
     Succession,
 )
-from reverserd.keeper import KEEPER_VARIABLE, Keeper, name_successor
+from reverserd.keeper import Keeper, name_successor
+from reverserd.keeper import environment as keeper_environment
 from reverserd.listening import ListeningService, listening_services
 from reverserd.notify import Supervision
 from reverserd.pidfile import Claim
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.01  # seconds between two looks at a reload under way
 PASS_PATIENCE = 2.0  # seconds a busy connection gets to settle before it finishes here
+MAX_PASSED_PARTIAL = 16 * 1024  # bytes of an unfinished line a passed connection takes along
 
 
 def lines_by_key(application: Application) -> dict[str, int]:
@@ -76,7 +79,15 @@ class Reloader:
     jailed: bool = False
     keeps_pid: bool = False  # the first generation of ``run`` under runit, s6, supervisord
     keeper_fd: int | None = None  # the keeper's pipe, to name each successor through
+    keeper_pid: int = 0
+    keeper_watch: int = -1  # a pidfd of the keeper: this generation ends with it
     keeper: Keeper | None = None  # this generation's own, once it reloaded
+
+    def follow_keeper(self, found: tuple[int, int, int] | None) -> None:
+        """Name successors to the keeper (``found``: its pipe, pid and a
+        pidfd), and end with it."""
+        if found is not None:
+            self.keeper_fd, self.keeper_pid, self.keeper_watch = found
 
     def begin(self, application: Application, claim: Claim | None,
               worker_sockets: Sequence[Sequence[socket.socket]] = (),
@@ -116,8 +127,9 @@ class Reloader:
             else None
         if self.keeps_pid and self.keeper is None:
             self.keeper = Keeper.adopt_orphans()
-            self.keeper_fd = self.keeper.write_fd
-        keeping = {} if self.keeper_fd is None else {KEEPER_VARIABLE: str(self.keeper_fd)}
+            self.keeper_fd, self.keeper_pid = self.keeper.write_fd, os.getpid()
+        keeping = {} if self.keeper_fd is None \
+            else keeper_environment(self.keeper_fd, self.keeper_pid)
         return Succession.begin([self.verb], directory, offer, handed, patience,
                                 {**os.environ, **(environment or {}), **keeping},
                                 attached=self.verb == "run",
@@ -147,6 +159,9 @@ class Reload:
         self.application = application
         self.save_state = save_state  # with --save: the state the next generation starts from
         self.saved_lines: dict[str, int] = {}  # lines served when it was saved, by key
+        self.count_lines: Callable[[], dict[str, int]] = functools.partial(
+            lines_by_key, application)  # the workers' main process counts theirs too
+        self.successor_channel: Succession | None = None  # kept for the last word
         self.claim = claim
         self.supervision = supervision
         self.worker_sockets = worker_sockets
@@ -175,7 +190,7 @@ class Reload:
         try:
             state_file = None
             if self.save_state is not None:
-                self.saved_lines = lines_by_key(self.application)
+                self.saved_lines = self.count_lines()
                 state_file = self.save_state()
             self.succession = self.reloader.begin(self.application, self.claim,
                                                   self.worker_sockets,
@@ -188,6 +203,16 @@ class Reload:
         if self.succession.launcher_pid is not None:
             log.info("new generation starting (launcher pid %d)", self.succession.launcher_pid)
         return None
+
+    def finish(self) -> None:
+        """This generation, which handed over, is ending: tell the successor
+        the lines it answered since it saved its state for it."""
+        channel, self.successor_channel = self.successor_channel, None
+        if channel is None:
+            return
+        now = self.count_lines()
+        channel.report_lines({key: now[key] - lines for key, lines in self.saved_lines.items()
+                              if key in now and now[key] > lines})
 
     @property
     def reload_socket(self) -> socket.socket | None:
@@ -255,7 +280,8 @@ class Reload:
         if self.reloader.keeper_fd is not None:
             name_successor(self.reloader.keeper_fd, step.successor)
         self.handed_to = step.successor
-        self.passing = Passing(succession, self.application, self.saved_lines)
+        self.passing = Passing(succession, self.application)
+        self.successor_channel = succession
         self.succession = None
         self.letting_in = False
         log.info("reloaded: pid %d \N{RIGHTWARDS ARROW} %d; this generation stops accepting "
@@ -287,11 +313,8 @@ class Passing:
     finish here, as at a graceful stop.
     """
 
-    def __init__(self, succession: Succession, application: Application,
-                 saved_lines: dict[str, int]) -> None:
+    def __init__(self, succession: Succession, application: Application) -> None:
         self.succession = succession
-        self.application = application
-        self.saved_lines = saved_lines
         self.servers = listening_services(application)
         self.deadline = time.monotonic() + PASS_PATIENCE
         self.passed = 0
@@ -305,46 +328,67 @@ class Passing:
         for server in self.servers:
             key = bound_key(server)
             for handler in server.passable_connections():
+                if len(handler.partial_line) > MAX_PASSED_PARTIAL:
+                    continue  # in the middle of a long line: it finishes here
                 handlers.append((server, handler))
                 connections.append(PassedConnection(key, handler.partial_line, handler.client,
                                                     server.duplicate(handler)))
         sent = self.succession.pass_connections(connections)
         for passed in connections:
             passed.sock.close()
-        if sent:
-            for server, handler in handlers:
-                server.forget_passed(handler)
-            self.passed += len(handlers)
+        for server, handler in handlers[:sent]:
+            server.forget_passed(handler)
+        self.passed += sent
         left = sum(server.holds_connections() for server in self.servers)
-        if sent and left and time.monotonic() < self.deadline:
+        if sent == len(connections) and left and time.monotonic() < self.deadline:
             return False
-        self.succession.finish_passing({
-            key: lines - self.saved_lines[key]
-            for key, lines in lines_by_key(self.application).items() if key in self.saved_lines})
+        self.succession.finish_passing()
         log.info("passed %s to the new generation%s", count(self.passed, "connection"),
                  f"; {count(left, 'other')} finish here" if left else "")
         return True
+
+
+def add_lines(servers: dict[str, ListeningService], lines: dict[str, int]) -> None:
+    """Count the ``lines`` the last generation answered after it saved its
+    state for this one, on the listeners with the same keys."""
+    for key, number in lines.items():
+        if key in servers and number > 0:
+            servers[key].add_lines_served(number)
 
 
 class Receiving:
     """The new generation's end of ``Passing``: each connection passed on is
     served by the listener on the same address, from where it was left."""
 
-    def __init__(self, successor: Succeeding, application: Application) -> None:
+    def __init__(self, successor: Succeeding, application: Application,
+                 supervision: Supervision, watch: bool = True) -> None:
         self.successor = successor
-        self.loop = asyncio.get_running_loop()
+        self.supervision = supervision
+        self.loop = asyncio.get_running_loop() if watch else None
         self.servers: dict[str, ListeningService] = {}
         for server in listening_services(application):
             self.servers.setdefault(bound_key(server), server)
         self.adopting: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
         self.received = 0
-        self.loop.add_reader(successor.channel.fileno(), self._receive)
+        self.done = False
+        self.on_lines: Callable[[dict[str, int]], None] = functools.partial(
+            add_lines, self.servers)
+        if self.loop is not None:
+            self.loop.add_reader(successor.channel.fileno(), self.poll)
 
-    def _receive(self) -> None:
-        passed, lines = self.successor.receive_connections()
-        for connection in passed:
+    @property
+    def over(self) -> bool:
+        return self.successor.channel.fileno() < 0
+
+    def poll(self) -> None:
+        """Take what came; without an event loop (a main process with
+        workers, which takes no connection), the caller polls."""
+        received = self.successor.receive()
+        if received.heard:
+            self.supervision.named()  # the predecessor sent MAINPID= before anything else
+        for connection in received.connections:
             server = self.servers.get(connection.key)
-            if server is None:  # its listener is gone from this generation
+            if server is None or self.loop is None:  # its listener is gone from here
                 connection.sock.close()
                 continue
             self.received += 1
@@ -352,11 +396,12 @@ class Receiving:
                 connection.sock, connection.partial, connection.client))
             self.adopting.add(task)
             task.add_done_callback(self.adopting.discard)
-        if lines is not None:
-            for key, number in lines.items():
-                if key in self.servers and number > 0:
-                    self.servers[key].add_lines_served(number)
-            self.loop.remove_reader(self.successor.channel.fileno())
-            self.successor.close()
+        if received.done and not self.done:
+            self.done = True
             log.info("took over %s from pid %d", count(self.received, "connection"),
                      self.successor.offer.predecessor)
+        self.on_lines(received.lines)
+        if received.over:
+            if self.loop is not None:
+                self.loop.remove_reader(self.successor.channel.fileno())
+            self.successor.close()

@@ -59,7 +59,8 @@ class Supervise(Protocol):
 
     def run(self, on_ready: ReadyCallback | None, limits: Limits,
             reload: reloading.Reload | None = None,
-            take_over: Callable[[], None] | None = None) -> None: ...
+            take_over: Callable[[], None] | None = None,
+            receiving: list[reloading.Receiving] | None = None) -> None: ...
 
 
 class ApplicationFailed(UserError):
@@ -138,6 +139,7 @@ def run(application: Application, claim: Claim | None = None,
             save_state=None if save_to is None
             else functools.partial(_save, application, save_to))
     successor = generations.successor
+    supervision.silent_until_named = successor is not None
 
     def take_over_and_say_so() -> None:
         assert successor is not None
@@ -167,10 +169,8 @@ def run(application: Application, claim: Claim | None = None,
         if successor is None:
             supervision.ready(addresses)
         elif successor.taken():  # and the predecessor tells systemd (MAINPID=)
-            if supervisor is None:
-                receiving.append(reloading.Receiving(successor, application))
-            else:
-                successor.close()
+            receiving.append(reloading.Receiving(successor, application, supervision,
+                                                 watch=supervisor is None))
         if on_ready is not None:
             on_ready(addresses)
 
@@ -183,13 +183,15 @@ def run(application: Application, claim: Claim | None = None,
         logs.raise_if_unwritable()  # a daemon whose log takes nothing must not start
         if supervisor is not None:
             supervisor.run(ready, limits, reload,
-                           None if successor is None else take_over_and_say_so)
+                           None if successor is None else take_over_and_say_so, receiving)
         else:
             with asyncio.Runner(loop_factory=loop_factory) as loop_runner:
                 loop_runner.run(serve(
                     application, announce, write_state, policy, on_stop=mark_stopping,
                     watchdog=supervision, reload=reload,
                     take_over=None if successor is None else take_over_and_say_so))
+            if reload is not None:
+                reload.finish()
         if save_to is not None and (claim is None or claim.owns_files):
             _save(application, save_to)
     finally:
@@ -277,7 +279,18 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
     stopping: asyncio.Task[None] | None = None
     forced = False
 
+    def passed_on(signum: int) -> bool:
+        """Once the first generation of ``run`` has handed over, it keeps the pid
+        a supervisor signals: what it gets is for the generation serving now."""
+        if reload is None or reload.handed_to is None or reload.reloader.keeper is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(reload.reloader.keeper.latest(reload.handed_to), signum)
+        return True
+
     def on_stop_signal(signum: int) -> None:
+        if passed_on(signum):
+            return
         name = signal.Signals(signum).name
         if not stop_requested.is_set():
             log.info("received %s, stopping%s", name,
@@ -297,8 +310,12 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         loop.add_signal_handler(signum, on_stop_signal, signum)
     if stop_now_signal is not None:
         loop.add_signal_handler(stop_now_signal, stop_now, "the main process's order")
+    def on_reopen_signal(signum: int) -> None:
+        if not passed_on(signum):
+            reopen_log(signum)
+
     for signum in REOPEN_SIGNALS:
-        loop.add_signal_handler(signum, reopen_log, signum)
+        loop.add_signal_handler(signum, on_reopen_signal, signum)
     serving = asyncio.Event()
     refresh_pending = False
 
@@ -311,6 +328,8 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
 
     def on_refresh_signal() -> None:
         nonlocal refresh_pending
+        if passed_on(REFRESH_SIGNAL):
+            return
         if serving.is_set():
             refresh()
         else:
@@ -322,6 +341,8 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
 
     def on_reload_signal() -> None:
         nonlocal reload_pending
+        if passed_on(RELOAD_SIGNAL):
+            return
         if reload is None:
             log.debug("received SIGHUP; the main process reloads")
             return
@@ -376,7 +397,17 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         settled(reload.request(requested))
         poll_reload()
 
+    def on_keeper_gone() -> None:
+        assert reload is not None
+        loop.remove_reader(reload.reloader.keeper_watch)
+        if not stop_requested.is_set():
+            log.warning("the process keeping the pid (pid %d) is gone; stopping",
+                        reload.reloader.keeper_pid)
+            stop_requested.set()
+
     loop.add_signal_handler(RELOAD_SIGNAL, on_reload_signal)
+    if reload is not None and reload.reloader.keeper_watch >= 0:
+        loop.add_reader(reload.reloader.keeper_watch, on_keeper_gone)
     reachable = None if reload is None else reload.reload_socket
     if reachable is not None:
         loop.add_reader(reachable.fileno(), on_reload_request)

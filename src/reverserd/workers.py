@@ -29,6 +29,7 @@ import logging
 import mmap
 import os
 import pathlib
+import select
 import signal
 import socket
 import struct
@@ -45,7 +46,7 @@ from reverserd.notify import Supervision
 from reverserd.pidfile import Activity, Claim, WorkerState
 from reverserd.policy import CLOSE_REASONS, SWEEP_INTERVAL, ConnectionPolicy, Limits
 from reverserd.process_name import end_with_parent, set_process_name
-from reverserd.reloading import POLL_INTERVAL, Passing, Reload, socket_key
+from reverserd.reloading import POLL_INTERVAL, Passing, Receiving, Reload, bound_key, socket_key
 from reverserd.service import Application
 
 log = logging.getLogger(__name__)
@@ -194,13 +195,15 @@ class Supervisor:
         self.reload_after_counts = False  # a SIGHUP waiting for the workers' counts
         self.passing: Passing | None = None
         self.take_over: Callable[[], None] | None = None  # a new generation's, at readiness
+        self.receiving: list[Receiving] = []  # the last generation's word, once taken over
 
     @property
     def workers(self) -> int:
         return len(self.slots)
 
     def run(self, on_ready: runner.ReadyCallback | None, limits: Limits,
-            reload: Reload | None = None, take_over: Callable[[], None] | None = None) -> None:
+            reload: Reload | None = None, take_over: Callable[[], None] | None = None,
+            receiving: list[Receiving] | None = None) -> None:
         """Start the workers, keep them going, stop them all on SIGTERM.
 
         On SIGHUP, ``reload`` starts the next generation, and the workers
@@ -210,8 +213,10 @@ class Supervisor:
         self.limits = limits
         self.reload = reload
         self.take_over = take_over
+        self.receiving = receiving if receiving is not None else []
         if reload is not None:
             reload.worker_sockets = self.sockets[1:]
+            reload.count_lines = self._lines_with_counts
             if reload.save_state is not None:
                 reload.save_state = functools.partial(self._save_with_counts, reload.save_state)
         signal.pthread_sigmask(signal.SIG_BLOCK, SUPERVISED_SIGNALS)
@@ -223,6 +228,8 @@ class Supervisor:
             if info is not None:
                 self._on_signal(info.si_signo, info.si_pid, on_ready)
             self._on_timer()  # even when signals come faster than the timeout
+        if reload is not None:
+            reload.finish()  # with the counts of workers, before they are added for good
         self._add_counts_to_application()
 
     def _alive(self) -> list[Worker]:
@@ -236,7 +243,8 @@ class Supervisor:
             moments.append(self.counts_deadline)
         if self.next_ping is not None:
             moments.append(self.next_ping)
-        if (self.reload is not None and self.reload.under_way) or self.passing is not None:
+        if (self.reload is not None and self.reload.under_way) or self.passing is not None \
+                or self.receiving:
             moments.append(now + POLL_INTERVAL)
         elif self.reload is not None and self.reload.reload_socket is not None:
             moments.append(now + REQUEST_INTERVAL)
@@ -259,10 +267,15 @@ class Supervisor:
             self.waiting_for_counts.clear()
             self._counted()
         self._move_reload_on()
+        self._hear_from_predecessor()
 
     def _move_reload_on(self) -> None:
         if self.reload is None:
             return
+        watch = self.reload.reloader.keeper_watch
+        if watch >= 0 and not self.stopping and select.select([watch], [], [], 0)[0]:
+            self._stop_for(f"the process keeping the pid (pid {self.reload.reloader.keeper_pid})"
+                           " is gone")
         requested = self.reload.accept_request()
         if requested is not None:
             if self.stopping or not self.announced:
@@ -504,6 +517,29 @@ class Supervisor:
             return 1
         finally:
             logging.shutdown()
+
+    def _lines_with_counts(self) -> dict[str, int]:
+        """Lines served by each listener, by key, the workers' included."""
+        lines: dict[str, int] = {}
+        for server, extra in zip(self.servers, self.counts.totals(self.workers)):
+            lines.setdefault(bound_key(server), server.lines_served + extra)
+        return lines
+
+    def _hear_from_predecessor(self) -> None:
+        """The last generation's word, once this one took over: the lines its
+        workers answered after saving the state this one started from."""
+        for receiving in self.receiving:
+            if receiving.on_lines != self._add_lines_to_baseline:
+                receiving.on_lines = self._add_lines_to_baseline
+            receiving.poll()
+        self.receiving[:] = [receiving for receiving in self.receiving if not receiving.over]
+
+    def _add_lines_to_baseline(self, lines: dict[str, int]) -> None:
+        for index, server in enumerate(self.servers):
+            number = lines.pop(bound_key(server), 0)
+            if number > 0:
+                self.baseline[index] += number
+                server.add_lines_served(number)
 
     def _save_with_counts(self, save: Callable[[], pathlib.Path]) -> pathlib.Path:
         """Save the application's state with the workers' counts so far in it."""

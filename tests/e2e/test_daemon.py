@@ -74,7 +74,8 @@ def test_stop_ends_the_daemon_and_removes_its_files(daemons: DaemonDirectory) ->
     stop = daemons.stop()
     assert stop.stdout == f"reverserd stopped: pid {daemon.pid}\n"
     assert not is_alive(daemon.pid)
-    assert sorted(path.name for path in daemons.path.iterdir()) == ["reverserd.log"]
+    assert sorted(path.name for path in daemons.path.iterdir()) == [
+        "reverserd.log", "reverserd.pid.options"]  # the options stay for a restart
     assert daemons.log_lines()[-1].endswith("INFO reverserd.runner: stopped")
     assert "received SIGTERM, stopping" in daemons.log()
     status = daemons.run("status")

@@ -134,7 +134,7 @@ def test_no_verb_and_no_foreground_prints_usage_and_exit_2() -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("usage: reverserd")
     assert result.stderr.rstrip().endswith(
-        "reverserd: give a verb (run, start, stop, status, restart) or --foreground")
+        "reverserd: give a verb (run, start, stop, status, restart, reload) or --foreground")
 
 
 @pytest.mark.parametrize("args", [["--port", "0", "run"], ["run", "--port", "0"],
@@ -188,7 +188,8 @@ def test_pidfile_in_the_foreground_makes_status_and_stop_work(reverserd, tmp_pat
     assert stop.stdout == f"reverserd stopped: pid {process.pid}\n"
     assert process.wait() == 0
     assert process.log[-1].endswith("stopped")
-    assert list(tmp_path.iterdir()) == []
+    # pidfile, lock and state file are removed; the options stay for a restart
+    assert [path.name for path in tmp_path.iterdir()] == ["fg.pid.options"]
 
 
 def test_a_second_foreground_with_the_same_pidfile_is_refused(reverserd, tmp_path) -> None:

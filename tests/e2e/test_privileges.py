@@ -89,7 +89,8 @@ def test_nobody_on_a_privileged_port_keeps_its_files_usable(daemons: DaemonDirec
     stop = daemons.run("stop", "--pidfile", str(pidfile))
     assert stop.returncode == 0, stop
     assert not is_alive(pid)
-    assert list(run.iterdir()) == [], "pidfile, lock and state file are all removed"
+    # pidfile, lock and state file are all removed; the options stay for a restart
+    assert [path.name for path in run.iterdir()] == ["reverserd.pid.options"]
     assert logfile.read_text().endswith("INFO reverserd.runner: stopped\n")
 
 
@@ -120,7 +121,7 @@ def test_nobody_in_the_foreground(reverserd, tmp_path: pathlib.Path) -> None:
     assert (run / "fg.pid").read_text() == f"{process.pid}\n"
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
-    assert list(run.iterdir()) == []
+    assert [path.name for path in run.iterdir()] == ["fg.pid.options"]
 
 
 @needs_root
@@ -214,7 +215,7 @@ def test_the_classic_jail(daemons: DaemonDirectory) -> None:
     daemons.stop()
     wait_until_dead(daemon.pid)
     assert sorted(p.name for p in daemons.path.iterdir()) == [
-        "jail", "reverserd.log", "reverserd.log.1"]
+        "jail", "reverserd.log", "reverserd.log.1", "reverserd.pid.options"]
     assert [p.name for p in (jail / "run").iterdir()] == ["Reverser-shutdown.json"]
     assert f"saved the application's state to {jail / 'run' / 'Reverser-shutdown.json'}" in \
         daemons.log()

@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shlex
 import signal
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -30,14 +32,31 @@ from tests.e2e.service_dirs import (
     check_run_file,
     command_line,
     exchange,
+    process_stat,
     processes_in,
     refuses,
 )
-from tests.e2e.support import DEADLINE, REVERSERD, wait_until
+from tests.e2e.support import (
+    DEADLINE,
+    REVERSERD,
+    connect,
+    port_is_free,
+    receive_exactly,
+    receive_until_closed,
+    wait_until,
+)
 
 SVLOGD_LINE = re.compile(r"(\d{4}-\d\d-\d\d_\d\d:\d\d:\d\d\.\d{5}) (.*)")
 SHORT_RECORD = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) reverserd[\w.]*: .+")
 ISO_8601 = re.compile(r"\d{4}-\d\d-\d\d[T _]\d\d:\d\d")
+RELOADED = re.compile(r"reverserd\.reloading: reloaded: pid (\d+) \N{RIGHTWARDS ARROW} (\d+); ")
+LAUNCHED = re.compile(r"reverserd\.reloading: new generation starting \(launcher pid (\d+)\)$")
+CARRIED = r"reverserd\.reloading: took over (\d+) connections? from pid {}$"
+TOOK_OVER = "reverserd.runner: took over from pid {}"
+KEEPING = "reverserd.keeper: serving from pid {} on; this process stays to pass signals on"
+TROUBLE = re.compile(r"\b(?:WARNING|ERROR|CRITICAL) reverserd")
+
+Log = Callable[[], list[str]]
 
 
 @pytest.fixture
@@ -48,6 +67,156 @@ def runit(tmp_path: pathlib.Path) -> Iterator[RunitService]:
         yield service
     finally:
         service.end()
+
+
+def ask(sock: socket.socket, line: bytes) -> bytes:
+    """One line over a connection that stays open, and its reply."""
+    sock.sendall(line)
+    return receive_exactly(sock, len(line))
+
+
+def served_and_closed(port: int) -> bool:
+    """A new connection is answered, and once the client is done the server closes its end:
+    a connection still closing would otherwise be counted among those a reload carries."""
+    with connect(port) as sock:
+        reply = ask(sock, b"hello\n")
+        sock.shutdown(socket.SHUT_WR)
+        return reply == b"olleh\n" and receive_until_closed(sock) == b""
+
+
+def process_tree() -> dict[int, int]:
+    """The parent of every process there is."""
+    parents = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone while listed
+            continue
+        parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``, zombies included: a child nobody collected is left over."""
+    parents = process_tree()
+    below: set[int] = set()
+    frontier = [pid]
+    while frontier:  # bounded: each pid joins ``below`` once
+        parent = frontier.pop()
+        children = {child for child, of in parents.items() if of == parent} - below
+        below |= children
+        frontier.extend(children)
+    return below
+
+
+def vanished(process: Process) -> bool:
+    """Gone from /proc altogether; a zombie is still there (nobody collected its status)."""
+    stat = process_stat(process.pid)
+    return stat is None or stat[1] != process.started
+
+
+def wait_for_handover(log: Log, old: int, connections: int) -> int:
+    """Wait until generation ``old`` logs that it handed over and the new one that it took
+    over from it, with the connections open then; the new generation's pid."""
+    carried = re.compile(CARRIED.format(old))
+
+    def handed_over() -> tuple[int, int] | None:
+        lines = log()
+        new = next((int(match.group(2)) for match in map(RELOADED.search, lines)
+                    if match and int(match.group(1)) == old), None)
+        took = any(line.endswith(TOOK_OVER.format(old)) for line in lines)
+        count = next((int(match.group(1)) for match in map(carried.search, lines) if match), None)
+        return (new, count) if new is not None and took and count is not None else None
+
+    try:
+        new, count = wait_until(handed_over,  # type: ignore[misc]
+                                f"pid {old} to hand over to a new generation")
+    except AssertionError as timeout:
+        raise AssertionError(f"{timeout}; the log: {log()}") from None
+    assert count == connections, [line for line in log() if "took over" in line]
+    return new
+
+
+class Generations:
+    """The processes of one supervised reverserd through its reloads, as its log and /proc
+    tell: the keeper (the process the supervisor started and watches), every generation that
+    served after it, and every process that started one."""
+
+    def __init__(self, log: Log, keeper: int, track: Callable[[int], None]) -> None:
+        self.log = log
+        self.track = track
+        first = Process.of(keeper)
+        assert first is not None, f"pid {keeper} is gone"
+        self.keeper = first
+        self.serving = first
+        self.seen = {keeper: first}
+
+    def reload(self, command: Callable[[], None], connections: int = 0) -> Process:
+        """Run the supervisor's reload command; once the new generation serves, return it."""
+        old = self.serving.pid
+        command()
+        new = wait_for_handover(self.log, old, connections)
+        self.note(new)
+        for match in map(LAUNCHED.search, self.log()):
+            if match:
+                self.note(int(match.group(1)))
+        assert new in self.seen and self.seen[new].alive(), f"pid {new} is not running"
+        self.serving = self.seen[new]
+        return self.serving
+
+    def note(self, pid: int) -> None:
+        self.track(pid)  # for teardown, should the test fail before they end
+        process = Process.of(pid)
+        if process is not None:
+            self.seen.setdefault(pid, process)
+
+    def only_the_serving_one_below_the_keeper(self) -> None:
+        """Once a reload is done, nothing is left under the keeper but the generation serving
+        now: the one before it has ended and was collected, and the new one (started by the
+        one before, whatever its parent was) is now the keeper's child."""
+        expected = {self.serving.pid}
+
+        def settled() -> bool:
+            return descendants(self.keeper.pid) == expected
+
+        try:
+            wait_until(settled, f"only pid {self.serving.pid} below the keeper")
+        except AssertionError:
+            left = {pid: command_line(pid) for pid in descendants(self.keeper.pid)}
+            raise AssertionError(f"below keeper {self.keeper.pid}: {left}; "
+                                 f"expected only {self.serving.pid}") from None
+        assert process_tree().get(self.serving.pid) == self.keeper.pid
+
+    def all_ended(self, port: int) -> None:
+        """After the supervisor's stop: not one process of any generation is left, the port
+        is free, and nothing went wrong on the way."""
+        wait_until(lambda: all(vanished(process) for process in self.seen.values()),
+                   f"every one of {sorted(self.seen)} to end")
+        assert port_is_free(port)
+        assert not [line for line in self.log() if TROUBLE.search(line)]
+
+
+def reload_and_check(generations: Generations, reload: Callable[[], None], port: int,
+                     supervisor_view: Callable[[], object]) -> None:
+    """Reload twice with one connection open across both. After each reload: the supervisor
+    sees the very same process (``supervisor_view`` is unchanged: same pid, never
+    restarted), the keeper said so after the first, the old connection still gets its
+    answers, a new one is served, and below the keeper only the new generation is left."""
+    before = supervisor_view()
+    with connect(port) as held:
+        assert ask(held, b"before\n") == b"erofeb\n"
+        for reload_number in (1, 2):
+            generation = generations.reload(reload, connections=1)
+            first = next(pid for pid in generations.seen if pid != generations.keeper.pid)
+            assert any(line.endswith(KEEPING.format(first)) for line in generations.log())
+            assert ask(held, b"after %d\n" % reload_number) == b"%d retfa\n" % reload_number
+            assert served_and_closed(port)
+            generations.only_the_serving_one_below_the_keeper()
+            assert supervisor_view() == before, f"after reload {reload_number}"
+            assert generations.keeper.alive() and generation.alive()
+    assert len({process.pid for process in generations.seen.values()}) >= 3
 
 
 @pytest.mark.parametrize("name", ["run", "log/run"])
@@ -156,3 +325,51 @@ def test_sv_exit_ends_reverserd_gracefully_and_runsv_with_it(runit: RunitService
     assert not server.alive()
     assert runit.stopped_gracefully(pid)
     assert not processes_in(runit.root)
+
+
+def runit_view(runit: RunitService) -> tuple[int | None, str, bytes]:
+    """What runsv knows of the service: the pid sv status shows, supervise/pid, and the
+    binary supervise/status, whose first 12 bytes stamp the start that sv status counts the
+    uptime from (a restart restamps it)."""
+    supervise = runit.path / "supervise"
+    return (runit.server(), supervise.joinpath("pid").read_text().strip(),
+            supervise.joinpath("status").read_bytes())
+
+
+def test_sv_hup_reloads_behind_the_pid_runsv_watches(runit: RunitService) -> None:
+    runit.start()
+    keeper = runit.serving()
+    generations = Generations(runit.log, keeper, runit.track)
+    reload_and_check(generations, lambda: sv_ok(runit, "hup"), runit.port_of(keeper),
+                     lambda: runit_view(runit))
+    assert runit.status().startswith(f"run: {runit.path}: (pid {keeper}) ")
+
+
+def sv_ok(runit: RunitService, command: str) -> None:
+    result = runit.sv(command)
+    assert result.returncode == 0, result
+
+
+def test_sv_down_after_reloads_ends_the_keeper_and_every_generation(
+        runit: RunitService) -> None:
+    """runsv passes ./finish the exit code of the process it watched: the keeper's, which
+    is the exit code of the generation serving last."""
+    finished = runit.root / "finished"
+    finish = runit.path / "finish"
+    finish.write_text(f'#!/bin/sh\necho "$1 $2" >{shlex.quote(str(finished))}\n')
+    finish.chmod(0o755)
+    runit.start()
+    keeper = runit.serving()
+    port = runit.port_of(keeper)
+    generations = Generations(runit.log, keeper, runit.track)
+    for _ in range(2):
+        generations.reload(lambda: sv_ok(runit, "hup"))
+    last = generations.serving.pid
+    sv_ok(runit, "down")
+    wait_until(lambda: re.fullmatch(rf"down: {re.escape(str(runit.path))}: \d+s, normally up",
+                                    runit.status()),
+               "sv status to show the service down")
+    wait_until(finished.exists, "runsv to run ./finish")
+    assert finished.read_text() == "0 0\n"  # exit code 0, not killed by a signal
+    assert runit.stopped_gracefully(last)
+    generations.all_ended(port)

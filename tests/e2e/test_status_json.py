@@ -20,7 +20,8 @@ from tests.e2e.test_control_plane import stuck_client
 
 KEYS = {"state", "stopping", "pid", "pidfile", "addresses", "started", "started_unix",
         "uptime_seconds", "lines_served", "connections_open", "connections_accepted",
-        "closed", "accept_pauses", "handler_errors", "workers", "detail"}
+        "closed", "accept_pauses", "handler_errors", "workers", "reloads",
+        "last_reload_error", "detail"}
 FRAGILE_APP = (
     "from reverserd import Application, Reverser, TCPServer\n"
     "class Fragile(Reverser):\n"

@@ -1,6 +1,6 @@
 """The shipped systemd units, scripts/systemd/reverserd.{service,socket}, checked for real.
 
-No systemd runs as PID 1 here, so the units are checked in two halves:
+No systemd runs as PID 1 here, so the units are checked in parts:
 
 - ``systemd-analyze verify`` and ``systemd-analyze security --offline`` read the unit files
   as they are shipped, copied unchanged into a directory laid out as a root file system
@@ -10,35 +10,48 @@ No systemd runs as PID 1 here, so the units are checked in two halves:
 - The service's ExecStart line runs under ``systemd-socket-activate``, which passes a
   listening socket as reverserd.socket would, with ``NOTIFY_SOCKET`` pointing at a socket of
   the test's own (tests/e2e/notify_socket.py) and ``WATCHDOG_USEC`` set, as systemd sets them.
+- The service's ExecReload line runs, as systemd runs it for ``systemctl reload``, while that
+  service serves; the test process then stands where systemd stands as the reaper of the
+  service's processes (a child subreaper), so that the new main process, orphaned when the
+  old one exits, becomes its child and its exit status can be checked.
 
-Substitutions in the ExecStart line, and only these: /usr/local/bin/reverserd becomes the
-venv's reverserd, since that is where it is installed here; the pidfile
-/run/reverserd/reverserd.pid moves into the test's directory, since systemd's
-RuntimeDirectory= is not there to make /run/reverserd; $REVERSERD_OPTIONS (empty unless
-/etc/default/reverserd sets it) becomes each test's options. The socket's address keeps
-its host, with a free port in place of 2323.
+Substitutions in the ExecStart and ExecReload lines, and only these:
+/usr/local/bin/reverserd becomes the venv's reverserd, since that is where it is installed
+here; the pidfile /run/reverserd/reverserd.pid moves into the test's directory, since
+systemd's RuntimeDirectory= is not there to make /run/reverserd; $REVERSERD_OPTIONS (empty
+unless /etc/default/reverserd sets it) becomes each test's options. The socket's address
+keeps its host, with a free port in place of 2323.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pathlib
 import re
 import shlex
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from tests.e2e.daemons import is_alive
+from tests.e2e.daemons import is_alive, kill_if_reverserd
 from tests.e2e.haproxy import free_port, socket_inodes
-from tests.e2e.notify_socket import NotifySocket
-from tests.e2e.support import DEADLINE, REVERSERD, ReverserdProcess, wait_until
+from tests.e2e.notify_socket import Notification, NotifySocket
+from tests.e2e.support import (
+    DEADLINE,
+    REVERSERD,
+    ReverserdProcess,
+    connect,
+    receive_exactly,
+    wait_until,
+)
 from tests.e2e.test_socket_activation import PASSED_ON, bound, exchange
 
 UNITS = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "systemd"
@@ -111,17 +124,29 @@ def one(path: pathlib.Path, section: str, key: str) -> str:
     return found[0]
 
 
-def exec_start() -> list[str]:
-    """The shipped ExecStart= as words, with systemd's quoting (which shlex's matches for
+def exec_line(key: str) -> list[str]:
+    """A shipped Exec...= line as words, with systemd's quoting (which shlex's matches for
     the plain words used here)."""
-    line = one(SERVICE, "Service", "ExecStart")
-    assert line[0] not in "-@+!:", f"ExecStart has a prefix this test does not expect: {line}"
+    line = one(SERVICE, "Service", key)
+    assert line[0] not in "-@+!:", f"{key} has a prefix this test does not expect: {line}"
     return shlex.split(line)
+
+
+def exec_start() -> list[str]:
+    return exec_line("ExecStart")
 
 
 def service_command(pidfile: pathlib.Path, options: Sequence[str]) -> list[str]:
     """The shipped ExecStart with the substitutions the module's docstring lists, no more."""
-    words = exec_start()
+    return substituted(exec_start(), pidfile, options)
+
+
+def reload_command(pidfile: pathlib.Path) -> list[str]:
+    """The shipped ExecReload with the same substitutions as ExecStart."""
+    return substituted(exec_line("ExecReload"), pidfile, ())
+
+
+def substituted(words: list[str], pidfile: pathlib.Path, options: Sequence[str]) -> list[str]:
     assert words[0] == INSTALLED, words
     command = [REVERSERD]
     for previous, word in zip(words, words[1:], strict=False):
@@ -224,8 +249,8 @@ def assert_ready(notify: NotifySocket, address: str) -> None:
     assert len(notify.with_field("READY")) == 1, notify.received
 
 
-def children_of(pid: int) -> list[int]:
-    """The live processes whose parent is ``pid``."""
+def children_of(pid: int, zombies: bool = False) -> list[int]:
+    """The live processes whose parent is ``pid`` (and those it has not reaped yet)."""
     found = []
     for entry in pathlib.Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -235,7 +260,7 @@ def children_of(pid: int) -> list[int]:
         except OSError:  # gone while listed
             continue
         fields = stat.rsplit(b")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != b"Z":
+        if int(fields[1]) == pid and (zombies or fields[0] != b"Z"):
             found.append(int(entry.name))
     return found
 
@@ -272,6 +297,14 @@ def microseconds(span: str) -> int:
     result = analyze("timespan", span)
     assert result.returncode == 0, result
     return int(re.search(r"(?:μ|u)s: (\d+)", result.stdout).group(1))  # type: ignore[union-attr]
+
+
+def default_seconds(help_text: str, option: str) -> float:
+    """The default ``reverserd --help`` gives for a SECONDS option."""
+    default = re.search(rf"^ +{option} SECONDS\s[^(]*\([^)]*default: ([\d.]+)\)", help_text,
+                        re.MULTILINE)
+    assert default, help_text
+    return float(default.group(1))
 
 
 def test_systemd_analyze_verify_accepts_both_units(tmp_path: pathlib.Path) -> None:
@@ -339,12 +372,17 @@ def test_the_service_settings_fit_reverserd() -> None:
     # Stopping waits longer than reverserd's graceful stop may take by default.
     help_text = subprocess.run([REVERSERD, "--help"], capture_output=True, text=True,
                                timeout=DEADLINE, check=True).stdout
-    default = re.search(r"^ +--shutdown-timeout SECONDS\s[^(]*\([^)]*default: ([\d.]+)\)",
-                        help_text, re.MULTILINE)
-    assert default, help_text
     stop_timeout = microseconds(one(SERVICE, "Service", "TimeoutStopSec"))
-    assert stop_timeout >= 2 * float(default.group(1)) * 1_000_000
+    assert stop_timeout >= 2 * default_seconds(help_text, "--shutdown-timeout") * 1_000_000
     assert microseconds(one(SERVICE, "Service", "WatchdogSec")) >= 2_000_000
+    # systemctl reload runs reverserd's own reload, which returns once the new generation
+    # serves, or fails with the reason; Type=notify-reload would need systemd 253.
+    assert exec_line("ExecReload") == [INSTALLED, "reload", "--pidfile", RUN_PIDFILE]
+    # systemd allows a reload TimeoutStartSec= (90 s unless set): far more than reverserd
+    # waits for a new generation to serve (--start-timeout, and a little more).
+    start_timeout = values(SERVICE, "Service", "TimeoutStartSec")
+    allowed = microseconds(start_timeout[0]) if start_timeout else 90_000_000
+    assert allowed >= 2 * default_seconds(help_text, "--start-timeout") * 1_000_000
 
 
 def test_the_service_runs_under_socket_activation_and_notifies(
@@ -472,3 +510,241 @@ def test_the_log_takes_the_journal_format_only_on_the_journal_stream(
                    for match in records if match), log
     else:
         assert all(FULL_RECORD.match(line) for line in log), log
+
+
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2)
+RELOADED = re.compile(r"^reverserd reloaded: pid (\d+) \u2192 (\d+)$")
+RELOAD_FAILED = re.compile(r"^reverserd: reload failed: (.+); pid (\d+) serves on$")
+
+
+def set_child_subreaper(enabled: bool) -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): orphaned descendants become this process's children,
+    as a service's become systemd's, instead of init's."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(enabled), 0, 0, 0) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
+
+
+def parent_of(pid: int) -> int:
+    stat = pathlib.Path(f"/proc/{pid}/stat").read_bytes()
+    return int(stat.rsplit(b")", 1)[1].split()[1])
+
+
+def monotonic_usec() -> int:
+    """The clock systemd reads MONOTONIC_USEC= against."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+class Manager:
+    """What the test keeps of systemd's part once the main process changes: it reaps the
+    service's processes, learns the exit status of a main process it did not start, and at
+    the end kills whatever generation is left (by the pids reloads reported and the one
+    the pidfile names), so that none outlives the test."""
+
+    def __init__(self) -> None:
+        self.successors: set[int] = set()
+        self.pidfiles: list[pathlib.Path] = []
+
+    def exit_status(self, pid: int, timeout: float = DEADLINE) -> int:
+        """Wait for ``pid``, a child only by adoption, to exit; its exit status."""
+        def reaped() -> tuple[int] | None:
+            try:
+                found, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                raise AssertionError(f"pid {pid} is not the test's child: it was not handed "
+                                     "to the reaper when its parent exited") from None
+            return (os.waitstatus_to_exitcode(status),) if found else None
+
+        status = wait_until(reaped, f"pid {pid} to exit", timeout)[0]  # type: ignore[index]
+        self.successors.discard(pid)  # reaped: its pid may be another process's now
+        return status
+
+    def end(self) -> None:
+        left = set(self.successors)
+        for pidfile in self.pidfiles:
+            try:
+                left.add(int(pidfile.read_text().strip()))
+            except (OSError, ValueError):
+                pass  # no pidfile left: nothing more to end
+        for pid in left:
+            kill_if_reverserd(pid)
+        for pid in list(self.successors):
+            try:
+                self.exit_status(pid)
+            except AssertionError:
+                pass  # not the test's child: the kill was all it could do
+
+
+@pytest.fixture
+def manager(reverserd: Start) -> Iterator[Manager]:
+    """The test process as the reaper of the service's processes while the test runs.
+    Set up after ``reverserd``, so ended first: a later generation still holding the first
+    one's stdout would keep that one's log reader waiting."""
+    set_child_subreaper(True)
+    kept = Manager()
+    try:
+        yield kept
+    finally:
+        kept.end()
+        set_child_subreaper(False)
+
+
+def run_exec_reload(service: Service, directory: pathlib.Path,
+                    options: Sequence[str] = ()) -> tuple[subprocess.CompletedProcess[str],
+                                                          int, int]:
+    """The unit's ExecReload as systemd runs it: a control process in the service's
+    working ``directory``, with its environment and $MAINPID, but no NOTIFY_SOCKET
+    (NotifyAccess=main gives a control process none). Returns its outcome and
+    CLOCK_MONOTONIC (µs) just before and just after."""
+    environment = {name: os.environ[name] for name in PASSED_ON if name in os.environ}
+    environment.update(MAINPID=str(service.pid), REVERSERD_OPTIONS=" ".join(options))
+    before = monotonic_usec()
+    result = subprocess.run(reload_command(service.pidfile), capture_output=True, text=True,
+                            cwd=directory, env=environment,
+                            stdin=subprocess.DEVNULL, timeout=DEADLINE, check=False)
+    return result, before, monotonic_usec()
+
+
+def assert_reloading(notify: NotifySocket, pid: int, before: int, after: int) -> Notification:
+    """RELOADING=1, once, from ``pid``, stamped with a CLOCK_MONOTONIC time taken while
+    the reload ran."""
+    reloading = notify.with_field("RELOADING")
+    assert len(reloading) == 1, notify.received
+    fields = reloading[0].fields
+    assert reloading[0].pid == pid, notify.received
+    assert fields["RELOADING"] == "1" and fields["STATUS"] == "reloading", fields
+    assert fields["MONOTONIC_USEC"].isdigit(), fields
+    assert before <= int(fields["MONOTONIC_USEC"]) <= after, (before, fields, after)
+    return reloading[0]
+
+
+def as_systemd_hears(received: list[Notification], main: int) -> tuple[
+        list[Notification], list[Notification]]:
+    """NotifyAccess=main: a datagram from the main pid is heard, and its MAINPID= makes
+    another pid the main one; any other is dropped (systemd logs a warning for each).
+    Returns those heard and those dropped."""
+    heard, dropped = [], []
+    for notification in received:
+        if notification.pid != main:
+            dropped.append(notification)
+            continue
+        heard.append(notification)
+        if notification.fields.get("MAINPID", "").isdigit():
+            main = int(notification.fields["MAINPID"])
+    return heard, dropped
+
+
+def answers(sock: socket.socket, line: bytes) -> bytes:
+    sock.sendall(line)
+    return receive_exactly(sock, len(line))
+
+
+def test_exec_reload_hands_the_service_to_a_new_main_process(
+        reverserd: Start, manager: Manager, tmp_path: pathlib.Path) -> None:
+    """systemctl reload: the old main process says RELOADING=1, then names the new one
+    (MAINPID=) and READY=1 once it serves, and exits; from then on systemd hears, watches
+    and stops the new one, which serves the same socket and the same connections."""
+    with NotifySocket(tmp_path) as notify:
+        service = Service(reverserd, tmp_path / "run", notify)
+        manager.pidfiles.append(service.pidfile)
+        service.serve_first()
+        assert_ready(notify, service.address)
+        old = service.pid
+        with connect(service.port) as early:
+            assert answers(early, b"before\n") == b"erofeb\n"
+            result, before, after = run_exec_reload(service, tmp_path)
+            reloaded = RELOADED.match(result.stdout.rstrip("\n"))
+            assert result.returncode == 0 and reloaded and not result.stderr, result
+            manager.successors.add(new := int(reloaded.group(2)))
+            assert int(reloaded.group(1)) == old and new != old, result
+            # Back from the reload, the new generation already serves systemd's socket.
+            assert service.pidfile.read_text().strip() == str(new)
+            assert listening_tcp_inodes(new) == service.inherited
+            reloading = assert_reloading(notify, old, before, after)
+            handed = notify.wait_for("MAINPID")
+            assert len(handed) == 1, notify.received
+            assert handed[0].pid == old and handed[0].arrived >= reloading.arrived, handed
+            assert handed[0].fields == {"MAINPID": str(new), "READY": "1",
+                                        "STATUS": f"reloaded: pid {new} serves"}, handed
+            # The old main process exits; the new one, orphaned, goes on.
+            assert service.process.popen.wait(DEADLINE) == 0
+            pings = wait_until(lambda: [n for n in notify.with_field("WATCHDOG", "1")
+                                        if n.arrived > handed[0].arrived][4:],
+                               "5 watchdog pings after the reload")
+            assert is_alive(new) and parent_of(new) == os.getpid()
+            ours = [n for n in notify.with_field("WATCHDOG") if n.arrived > handed[0].arrived]
+            assert {n.pid for n in ours} == {new}, ours
+            gaps = [later.arrived - earlier.arrived for earlier, later in zip(ours, ours[1:])]
+            assert 0.5 * PING_GAP <= statistics.median(gaps) <= 1.5 * PING_GAP, (gaps, pings)
+            # The same socket, and no other; the connection from before the reload too.
+            assert listening_tcp_inodes(new) == service.inherited
+            assert exchange(service.port, b"abc\n") == b"cba\n"
+            assert answers(early, b"after\n") == b"retfa\n"
+        assert any(f"took over from pid {old}" in line for line in service.process.log)
+        # systemctl stop: SIGTERM to the main process systemd now knows.
+        sent = time.monotonic()
+        os.kill(new, signal.SIGTERM)
+        stopping = notify.wait_for("STOPPING", "1")
+        assert stopping[0].pid == new and stopping[0].arrived >= sent, stopping
+        assert manager.exit_status(new) == 0
+        assert not service.pidfile.exists()
+    # systemd hears every datagram: the old pid's until it named the new one, the new pid's
+    # after (a ping it dropped would stretch the watchdog's gap towards WatchdogSec=). Only
+    # two READY=1, the start's and the reload's.
+    received = notify.received
+    _, dropped = as_systemd_hears(received, old)
+    sequence = [(n.pid, n.raw.split(b"\n", 1)[0]) for n in received]
+    assert not dropped, f"not from the main pid of the time: {dropped}; in order: {sequence}"
+    assert len(notify.with_field("READY")) == 2, received
+    assert not [n.malformed for n in received if n.malformed], received
+
+
+def test_a_failed_exec_reload_fails_and_the_old_main_process_serves_on(
+        reverserd: Start, manager: Manager, tmp_path: pathlib.Path) -> None:
+    """An application file edited into one that cannot serve (it listens on an address
+    taken), then systemctl reload: the reload fails with the reason, systemd hears READY=1
+    with it from the same main process, which serves on as before."""
+    app = tmp_path / "app.py"
+    app.write_text("from reverserd import Application, Reverser, listen\n"
+                   "application = Application('edited')\n"
+                   "listen('systemd:index=0', Reverser).set_service_parent(application)\n")
+    with NotifySocket(tmp_path) as notify, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        options = ["-y", str(app)]
+        service = Service(reverserd, tmp_path / "run", notify, options)
+        manager.pidfiles.append(service.pidfile)
+        service.serve_first()
+        assert_ready(notify, service.address)
+        with app.open("a") as edited:
+            edited.write(f"listen('tcp:{port}:interface=127.0.0.1', Reverser)"
+                         ".set_service_parent(application)\n")
+        with connect(service.port) as early:
+            assert answers(early, b"before\n") == b"erofeb\n"
+            result, before, after = run_exec_reload(service, tmp_path, options)
+            failed = RELOAD_FAILED.match(result.stderr.rstrip("\n"))
+            assert result.returncode == 1 and failed and not result.stdout, result
+            assert int(failed.group(2)) == service.pid, result
+            reason = failed.group(1)
+            assert f"127.0.0.1:{port}" in reason, result
+            reloading = assert_reloading(notify, service.pid, before, after)
+            ready = notify.wait_for("READY", "1", count=2)[1]
+            assert ready.arrived >= reloading.arrived, notify.received
+            assert ready.fields == {"READY": "1", "STATUS": f"reload failed: {reason}"}, ready
+            # The failed generation is gone, and reaped; the old one serves on, watched as
+            # before.
+            wait_until(lambda: not children_of(service.pid, zombies=True),
+                       "the failed generation to end and be reaped")
+            assert service.pidfile.read_text().strip() == str(service.pid)
+            pings = notify.wait_for("WATCHDOG", "1",
+                                    count=len(notify.with_field("WATCHDOG")) + 2)
+            assert pings[-1].arrived > ready.arrived
+            assert listening_tcp_inodes(service.pid) == service.inherited
+            assert exchange(service.port, b"abc\n") == b"cba\n"
+            assert answers(early, b"after\n") == b"retfa\n"
+        service.stop()
+    assert not notify.with_field("MAINPID"), notify.received
+    assert len(notify.with_field("READY")) == 2, notify.received
+    assert_all_from(notify, service.pid)
