@@ -9,8 +9,6 @@ import signal
 import socket
 import textwrap
 
-import pytest
-
 from tests.e2e.daemons import DaemonDirectory
 from tests.e2e.support import connect, receive_until_closed, wait_until
 
