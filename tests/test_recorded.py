@@ -230,6 +230,17 @@ def test_a_given_listen_replaces_every_recorded_one(here: pathlib.Path) -> None:
     assert settings.max_line_length == 100
 
 
+def test_a_given_listen_replaces_a_recorded_port_and_the_reverse(
+        here: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    record(here, layer(here, "start", "--port", "0", "--interface", "::1"))
+    _, settings = cli.parse_command(["reload", "--listen", "tcp:4321"])
+    assert settings.listen == (descriptions.parse("tcp:4321"),)
+    assert "ignoring" not in capsys.readouterr().err  # the recorded --port is not in the way
+    record(here, layer(here, "start", "--listen", "tcp:1234", "--interface", "::1"))
+    _, settings = cli.parse_command(["restart", "--port", "5000"])
+    assert (settings.listen, settings.port, settings.interface) == ((), 5000, "::1")
+
+
 def test_a_given_logfile_cancels_a_recorded_syslog(here: pathlib.Path) -> None:
     record(here, layer(here, "start", "--syslog"))
     _, settings = cli.parse_command(["restart", "--logfile", "new.log"])

@@ -52,6 +52,10 @@ PATH_OPTIONS = ("config", "application_file", "state_file", "pidfile", "rundir",
                 "chroot")
 #: Options that exclude each other; a command-line one overrides the config file's.
 EXCLUSIVE = (("logfile", "syslog"),)
+#: Options that, given on a later command line, replace an earlier one's others.
+REPLACES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    *((pair, pair) for pair in EXCLUSIVE),
+    (("listen",), ("port", "interface")), (("port", "interface"), ("listen",)))
 REVERSER_OPTIONS = ("port", "interface", "listen", "backlog", "max_line_length",
                     "shutdown_timeout")
 MAX_LISTENERS = 64
@@ -364,9 +368,12 @@ def _layered(dests: set[str], layers: Sequence[recorded.Layer],
 
 
 def _override(merged: argparse.Namespace, given: argparse.Namespace, dests: set[str]) -> None:
-    for pair in EXCLUSIVE:
-        if any(getattr(given, dest) is not UNSET for dest in pair):
-            for dest in pair:
+    """Lay ``given`` over ``merged``: each option it sets replaces the one
+    before, and so does it any recorded option that says the same thing
+    another way (``--logfile`` a ``--syslog``, ``--listen`` a ``--port``)."""
+    for given_dests, replaced in REPLACES:
+        if any(getattr(given, dest) is not UNSET for dest in given_dests):
+            for dest in replaced:
                 setattr(merged, dest, UNSET)
     for dest in dests:
         value = getattr(given, dest)
@@ -485,6 +492,10 @@ def parse_command(argv: Sequence[str] | None = None,
     if verb is None:
         build_parser().print_usage(sys.stderr)
         raise UsageError(f"give a verb ({', '.join(ACTIONS)}) or --foreground")
+    if successor is not None and successor.offer.verb != verb:
+        raise UsageError(f"the daemon being reloaded runs with {successor.offer.verb}, not "
+                         f"{verb}: a foreground daemon inside --chroot is restarted, not "
+                         "reloaded from outside")
     if options.json and verb != "status":
         raise UsageError("--json goes with status")
     if options.ready_fd is not None and verb not in SERVING_VERBS:

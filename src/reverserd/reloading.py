@@ -1,14 +1,16 @@
 """A generation starting its successor: what to run, and what to hand over.
 
 On SIGHUP (or ``reverserd reload``, which sends it), the generation serving
-now starts ``python -m reverserd <verb>`` with the command lines the daemon
-was started with (re-read from the options file, so the options ``reload``
-just changed apply), and offers it its sockets and lock (see ``handover``).
+now starts ``reverserd <verb>`` anew with the command lines the daemon was
+started with (re-read from the options file, so the options ``reload`` just
+changed apply), and offers it its sockets and lock (see ``handover``); a
+daemon inside a chroot makes the same offer to the generation ``reload``
+started outside, through its reload socket. Once the successor has taken
+over, this generation passes its connections on (``passing``) and stops.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import logging
@@ -25,48 +27,26 @@ from reverserd.handover import (
     SUCCESSOR_GRACE,
     Handed,
     Outcome,
-    PassedConnection,
     PassedSocket,
-    Succeeding,
     Succession,
 )
 from reverserd.keeper import Keeper, name_successor
 from reverserd.keeper import environment as keeper_environment
 from reverserd.listening import ListeningService, listening_services
 from reverserd.notify import Supervision
+from reverserd.passing import Passing, bound_key, lines_by_key
 from reverserd.pidfile import Claim
-from reverserd.protocol import LineHandler
 from reverserd.service import Application
-from reverserd.wording import count
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.01  # seconds between two looks at a reload under way
-PASS_PATIENCE = 2.0  # seconds a busy connection gets to settle before it finishes here
-MAX_PASSED_PARTIAL = 16 * 1024  # bytes of an unfinished line a passed connection takes along
-
-
-def lines_by_key(application: Application) -> dict[str, int]:
-    """Lines served so far by each listener, by the address it got (the
-    first of listeners on one address)."""
-    lines: dict[str, int] = {}
-    for server in listening_services(application):
-        lines.setdefault(bound_key(server), server.lines_served)
-    return lines
 
 
 def socket_key(server: ListeningService) -> str:
     """How a socket is matched to the new generation's listener: by the
     address its endpoint asks for (``port=0`` included, so it stays put)."""
     return server.endpoint.handover_key()
-
-
-def bound_key(server: ListeningService) -> str:
-    """The key of the address ``server`` got: its endpoint's, with the port
-    ``port=0`` turned into (what a saved state names)."""
-    port = server.listened_port
-    endpoint = server.endpoint if port is None else server.endpoint.with_port(port)
-    return endpoint.handover_key()
 
 
 @dataclasses.dataclass
@@ -304,104 +284,3 @@ class Reload:
         return Outcome(failure=reason)
 
 
-class Passing:
-    """This generation's connections, going to the next one as each settles.
-
-    Created once the successor took over: nothing is accepted or read here
-    any more. ``step`` passes every connection that can change hands without
-    a byte lost; those still busy after ``PASS_PATIENCE`` (and TLS ones)
-    finish here, as at a graceful stop.
-    """
-
-    def __init__(self, succession: Succession, application: Application) -> None:
-        self.succession = succession
-        self.servers = listening_services(application)
-        self.deadline = time.monotonic() + PASS_PATIENCE
-        self.passed = 0
-        for server in self.servers:
-            server.hold_connections()
-
-    def step(self) -> bool:
-        """Pass what can be passed now; whether passing is over."""
-        handlers: list[tuple[ListeningService, LineHandler]] = []
-        connections = []
-        for server in self.servers:
-            key = bound_key(server)
-            for handler in server.passable_connections():
-                if len(handler.partial_line) > MAX_PASSED_PARTIAL:
-                    continue  # in the middle of a long line: it finishes here
-                handlers.append((server, handler))
-                connections.append(PassedConnection(key, handler.partial_line, handler.client,
-                                                    server.duplicate(handler)))
-        sent = self.succession.pass_connections(connections)
-        for passed in connections:
-            passed.sock.close()
-        for server, handler in handlers[:sent]:
-            server.forget_passed(handler)
-        self.passed += sent
-        left = sum(server.holds_connections() for server in self.servers)
-        if sent == len(connections) and left and time.monotonic() < self.deadline:
-            return False
-        self.succession.finish_passing()
-        log.info("passed %s to the new generation%s", count(self.passed, "connection"),
-                 f"; {count(left, 'other')} finish here" if left else "")
-        return True
-
-
-def add_lines(servers: dict[str, ListeningService], lines: dict[str, int]) -> None:
-    """Count the ``lines`` the last generation answered after it saved its
-    state for this one, on the listeners with the same keys."""
-    for key, number in lines.items():
-        if key in servers and number > 0:
-            servers[key].add_lines_served(number)
-
-
-class Receiving:
-    """The new generation's end of ``Passing``: each connection passed on is
-    served by the listener on the same address, from where it was left."""
-
-    def __init__(self, successor: Succeeding, application: Application,
-                 supervision: Supervision, watch: bool = True) -> None:
-        self.successor = successor
-        self.supervision = supervision
-        self.loop = asyncio.get_running_loop() if watch else None
-        self.servers: dict[str, ListeningService] = {}
-        for server in listening_services(application):
-            self.servers.setdefault(bound_key(server), server)
-        self.adopting: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
-        self.received = 0
-        self.done = False
-        self.on_lines: Callable[[dict[str, int]], None] = functools.partial(
-            add_lines, self.servers)
-        if self.loop is not None:
-            self.loop.add_reader(successor.channel.fileno(), self.poll)
-
-    @property
-    def over(self) -> bool:
-        return self.successor.channel.fileno() < 0
-
-    def poll(self) -> None:
-        """Take what came; without an event loop (a main process with
-        workers, which takes no connection), the caller polls."""
-        received = self.successor.receive()
-        if received.heard:
-            self.supervision.named()  # the predecessor sent MAINPID= before anything else
-        for connection in received.connections:
-            server = self.servers.get(connection.key)
-            if server is None or self.loop is None:  # its listener is gone from here
-                connection.sock.close()
-                continue
-            self.received += 1
-            task = self.loop.create_task(server.adopt_connection(
-                connection.sock, connection.partial, connection.client))
-            self.adopting.add(task)
-            task.add_done_callback(self.adopting.discard)
-        if received.done and not self.done:
-            self.done = True
-            log.info("took over %s from pid %d", count(self.received, "connection"),
-                     self.successor.offer.predecessor)
-        self.on_lines(received.lines)
-        if received.over:
-            if self.loop is not None:
-                self.loop.remove_reader(self.successor.channel.fileno())
-            self.successor.close()

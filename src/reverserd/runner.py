@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from reverserd import __version__, logs, persist, reloading, signals
+from reverserd import __version__, logs, passing, persist, reloading, signals
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
 from reverserd.handover import Outcome, Succeeding
@@ -60,7 +60,7 @@ class Supervise(Protocol):
     def run(self, on_ready: ReadyCallback | None, limits: Limits,
             reload: reloading.Reload | None = None,
             take_over: Callable[[], None] | None = None,
-            receiving: list[reloading.Receiving] | None = None) -> None: ...
+            receiving: list[passing.Receiving] | None = None) -> None: ...
 
 
 class ApplicationFailed(UserError):
@@ -161,7 +161,7 @@ def run(application: Application, claim: Claim | None = None,
         except OSError as error:
             log.warning("cannot write the state file: %s", os_reason(error))
 
-    receiving: list[reloading.Receiving] = []  # held while it runs
+    receiving: list[passing.Receiving] = []  # held while it runs
 
     def ready(addresses: tuple[str, ...]) -> None:
         nonlocal announced
@@ -169,7 +169,7 @@ def run(application: Application, claim: Claim | None = None,
         if successor is None:
             supervision.ready(addresses)
         elif successor.taken():  # and the predecessor tells systemd (MAINPID=)
-            receiving.append(reloading.Receiving(successor, application, supervision,
+            receiving.append(passing.Receiving(successor, application, supervision,
                                                  watch=supervisor is None))
         if on_ready is not None:
             on_ready(addresses)

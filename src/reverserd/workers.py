@@ -43,10 +43,11 @@ from reverserd.limits import DEFAULT_WORKER_TIMEOUT
 from reverserd.listening import listening_addresses, listening_services
 from reverserd.loops import LoopFactory
 from reverserd.notify import Supervision
+from reverserd.passing import Passing, Receiving, bound_key
 from reverserd.pidfile import Activity, Claim, WorkerState
 from reverserd.policy import CLOSE_REASONS, SWEEP_INTERVAL, ConnectionPolicy, Limits
 from reverserd.process_name import end_with_parent, set_process_name
-from reverserd.reloading import POLL_INTERVAL, Passing, Receiving, Reload, bound_key, socket_key
+from reverserd.reloading import POLL_INTERVAL, Reload, socket_key
 from reverserd.service import Application
 
 log = logging.getLogger(__name__)

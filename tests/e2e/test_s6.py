@@ -8,12 +8,17 @@ run files read (see service_dirs): REVERSERD becomes the virtualenv's reverserd 
 /usr/local/bin/reverserd, REVERSERD_OPTIONS becomes --port 0 (any free port, read back from the
 log) or an application file's options, and REVERSERD_LOGDIR a directory in tmp_path instead of
 /var/log/reverserd.
+
+A reload (``s6-svc -h``) must look like nothing to s6: the process it watches stays (the
+keeper, which passes signals on to the generation serving now), up and ready since the same
+moment; the reload tests share test_runit's way of following the generations.
 """
 
 from __future__ import annotations
 
 import pathlib
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -29,10 +34,12 @@ from tests.e2e.service_dirs import (
     refuses,
 )
 from tests.e2e.support import DEADLINE, REVERSERD, wait_until
+from tests.e2e.test_runit import TOOK_OVER, Generations, reload_and_check
 
 S6_LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{9})  (.*)")
 SHORT_RECORD = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) reverserd[\w.]*: .+")
 ISO_8601 = re.compile(r"\d{4}-\d\d-\d\d[T _]\d\d:\d\d")
+WATCHED = ("up", "ready", "pid", "updownsince", "readysince")  # s6-svstat -o, for reloads
 SLOW_START = 1.0  # seconds the application below takes before its listener serves
 
 SLOW_APPLICATION = """\
@@ -162,3 +169,65 @@ def test_s6_log_stamps_each_line_once(s6: S6Service) -> None:
         assert stamped, line
         assert SHORT_RECORD.fullmatch(stamped.group(2)), line
         assert not ISO_8601.search(stamped.group(2)), line
+
+
+def test_s6_svc_h_reloads_behind_the_pid_s6_watches(s6: S6Service) -> None:
+    """The pid, and the moments s6 saw the service come up and become ready (TAI64N labels,
+    a restart renews both), are the same after each reload."""
+    s6.start()
+    keeper = s6.ready()
+    generations = Generations(s6.log, keeper, s6.track)
+    reload_and_check(generations, lambda: s6.svc("-h"), s6.port_of(keeper),
+                     lambda: s6.svstat(*WATCHED))
+    assert s6.svstat("up", "ready", "pid") == ["true", "true", str(keeper)]
+
+
+def test_s6_svc_d_after_reloads_ends_the_keeper_and_every_generation(s6: S6Service) -> None:
+    s6.start()
+    keeper = s6.ready()
+    port = s6.port_of(keeper)
+    generations = Generations(s6.log, keeper, s6.track)
+    for _ in range(2):
+        generations.reload(lambda: s6.svc("-h"))
+    last = generations.serving.pid
+    s6.svc("-d")
+    assert s6.svwait("-D").returncode == 0
+    # The keeper's exit status is that of the generation serving last: 0 after its
+    # graceful stop, and no signal killed the keeper.
+    assert s6.svstat("up", "exitcode", "signal") == ["false", "0", "NA"]
+    assert s6.stopped_gracefully(last)
+    generations.all_ended(port)
+
+
+def test_s6_sees_it_up_and_ready_all_through_reloads(s6: S6Service) -> None:
+    """What s6 says while a reload happens is what s6-svwait, s6-rc and the services depending
+    on this one go by: not once down, restarting or unready. Readiness is not announced again
+    (the new generations are not the process s6 watches); it simply holds. With the log
+    service, every generation's lines go through the same pipe to s6-log."""
+    s6.start(logged=True)
+    keeper = s6.ready()
+    before = s6.svstat(*WATCHED)
+    samples: list[list[str]] = []
+
+    def reload_while_watching() -> None:
+        def handovers() -> int:
+            return sum(1 for line in s6.log() if TOOK_OVER.search(line))
+
+        done = handovers()
+        s6.svc("-h")
+        deadline = time.monotonic() + DEADLINE
+        for _ in range(10000):  # each s6-svstat takes a few milliseconds
+            samples.append(s6.svstat(*WATCHED))
+            if handovers() > done or time.monotonic() > deadline:
+                break
+        samples.append(s6.svstat(*WATCHED))
+
+    generations = Generations(s6.log, keeper, s6.track)
+    for _ in range(2):
+        generations.reload(reload_while_watching)
+        generations.only_the_serving_one_below_the_keeper()
+    assert len(samples) >= 4
+    assert [sample for sample in samples if sample != before] == []
+    assert s6.svwait("-U", timeout_ms=1000).returncode == 0
+    assert exchange(s6.port_of(generations.serving.pid)) == b"olleh\n"
+    assert all(S6_LOG_LINE.fullmatch(line) for line in s6.log())
