@@ -588,7 +588,8 @@ def _await_successor(files: RunFiles, daemon: Process, asked: float, patience: f
         found = _inspect(files)
         state = found.state
         if found.pid is not None and found.pid != daemon.pid and state is not None \
-                and state.pid == found.pid and found.liveness is Liveness.RUNNING:
+                and state.pid == found.pid and found.liveness is Liveness.RUNNING \
+                and state.predecessor != daemon.pid:  # the old one accepts no more
             return found.pid
         if state is not None and state.pid == daemon.pid and state.reload_failed_at >= asked:
             raise UserError(f"reload failed: {state.reload_error}; pid {daemon.pid} serves on")
@@ -647,12 +648,10 @@ def run_foreground(config: Config) -> int:
             _record(claim.files, config.layers, claim.directory)
 
     try:
-        successor = prepared.serve(claim, on_ready=record)
+        prepared.serve(claim, on_ready=record)
     finally:
         prepared.close()
-    if successor is not None and reloader.keeper is not None:
-        return reloader.keeper.keep(successor)
-    return 0
+    return reloader.exit_status
 
 
 def _check_run_directory(path: pathlib.Path) -> None:

@@ -14,6 +14,7 @@ over, through a pipe the keeper reads (``KEEPER_VARIABLE``).
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -24,8 +25,8 @@ from reverserd import signals
 log = logging.getLogger(__name__)
 
 KEEPER_VARIABLE = "REVERSERD_KEEPER_FD"
+WAITED_FOR = (*signals.HANDLED_SIGNALS, signal.SIGQUIT)
 PR_SET_CHILD_SUBREAPER = 36
-FORWARDED = (*signals.HANDLED_SIGNALS, signal.SIGQUIT)
 WAKE_INTERVAL = 1.0  # seconds: the pipe is read at least this often
 PIPE_BYTES = 4096
 
@@ -57,26 +58,81 @@ class Keeper:
         named = [line for line in self.announced.split(b"\n")[:-1] if line.isdigit()]
         return int(named[-1]) if named else current
 
-    def keep(self, generation: int) -> int:
-        """Pass signals on to ``generation`` and those after it until the last
-        one ends; the exit status to leave with (128 + N after signal N)."""
+    async def keep(self, generation: int) -> int:
+        """Wait, in the event loop, for ``generation`` and those after it to
+        end; the exit status to leave with (128 + N after signal N).
+
+        The loop's own signal handlers (see ``runner.serve``) pass signals on
+        meanwhile: set up once, in the main thread, whichever thread of the
+        process the kernel hands a signal to, and never reset between serving
+        and keeping, so no signal finds this process without a handler. The
+        generation serving is watched through a pidfd (uvloop keeps SIGCHLD
+        for itself), and children are reaped at least every ``WAKE_INTERVAL``.
+        """
         os.close(self.write_fd)
-        signal.pthread_sigmask(signal.SIG_BLOCK, (*FORWARDED, signal.SIGCHLD))
-        for signum in FORWARDED:
-            signal.signal(signum, signal.SIG_DFL)  # blocked: waited for, never acted on
+        self.write_fd = -1
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[int] = loop.create_future()
+        watched = [-1, 0]  # a pidfd of the generation serving now, and its pid
         log.info("serving from pid %d on; this process stays to pass signals on", generation)
-        current = generation
-        while True:
-            info = signal.sigtimedwait((*FORWARDED, signal.SIGCHLD), WAKE_INTERVAL)
-            current = self.latest(current)
-            if info is not None and info.si_signo != signal.SIGCHLD:
+
+        def unwatch() -> None:
+            if watched[0] >= 0:
+                loop.remove_reader(watched[0])
+                os.close(watched[0])
+            watched[:] = [-1, 0]
+
+        def look() -> None:
+            current = self.latest(generation)
+            status = self._reap(current)
+            if status is not None:
+                unwatch()
+                if not ended.done():
+                    ended.set_result(status)
+            elif watched[1] != current:
+                unwatch()
                 try:
-                    os.kill(current, info.si_signo)
+                    watched[:] = [os.pidfd_open(current), current]
                 except ProcessLookupError:
-                    pass  # it ended a moment ago: its SIGCHLD is on the way
-            ended = self._reap(current)
-            if ended is not None:
-                return ended
+                    return  # gone: the next look reaps it
+                loop.add_reader(watched[0], look)
+
+        def again() -> None:
+            look()
+            if not ended.done():
+                loop.call_later(WAKE_INTERVAL, again)
+
+        loop.add_signal_handler(signal.SIGQUIT, self.forward, signal.SIGQUIT, generation)
+        again()
+        try:
+            return await ended
+        finally:
+            unwatch()
+            loop.remove_signal_handler(signal.SIGQUIT)
+
+    def keep_waiting(self, generation: int) -> int:
+        """``keep`` for a main process without an event loop (``--workers``),
+        whose main thread has the signals blocked: wait with ``sigtimedwait``,
+        and take as well those another thread caught (``signals.take``)."""
+        os.close(self.write_fd)
+        self.write_fd = -1
+        signal.pthread_sigmask(signal.SIG_BLOCK, (*WAITED_FOR, signal.SIGCHLD))
+        log.info("serving from pid %d on; this process stays to pass signals on", generation)
+        while True:
+            info = signal.sigtimedwait((*WAITED_FOR, signal.SIGCHLD), WAKE_INTERVAL)
+            for signum in [*([] if info is None else [info.si_signo]), *signals.take()]:
+                if signum != signal.SIGCHLD:
+                    self.forward(signum, generation)
+            status = self._reap(self.latest(generation))
+            if status is not None:
+                return status
+
+    def forward(self, signum: int, generation: int) -> None:
+        """Pass ``signum`` on to the generation serving now."""
+        try:
+            os.kill(self.latest(generation), signum)
+        except ProcessLookupError:
+            pass  # it ended a moment ago: its SIGCHLD is on the way
 
     def _reap(self, current: int) -> int | None:
         """Collect ended children; the status to exit with once ``current``

@@ -93,17 +93,16 @@ class Launch:
             privileges.become(self.account)
 
     def serve(self, claim: Claim | None,
-              on_ready: runner.ReadyCallback | None = None) -> int | None:
-        """Serve here, or through worker processes when there are several;
-        the pid of the generation this one handed over to, if it did."""
+              on_ready: runner.ReadyCallback | None = None) -> None:
+        """Serve here, or through worker processes when there are several."""
         supervisor = None
         if self.worker_sockets is not None:
             supervisor = workers.Supervisor(self.application, self.worker_sockets, claim,
                                             self.loop[1], self.worker_timeout,
                                             self.supervision)
-        return runner.run(self.application, claim, on_ready, self.state_directory, self.loop,
-                          supervisor, self.limits, self.supervision,
-                          runner.Generations(self.reloader, self.successor))
+        runner.run(self.application, claim, on_ready, self.state_directory, self.loop,
+                   supervisor, self.limits, self.supervision,
+                   runner.Generations(self.reloader, self.successor))
 
     def close(self) -> None:
         if self.state_directory is not None:

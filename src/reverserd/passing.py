@@ -113,6 +113,7 @@ class Receiving:
         self.adopting: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
         self.received = 0
         self.done = False
+        self.on_done: Callable[[], None] = lambda: None  # the predecessor accepts no more
         self.on_lines: Callable[[dict[str, int]], None] = functools.partial(
             add_lines, self.servers)
         if self.loop is not None:
@@ -138,8 +139,9 @@ class Receiving:
                 connection.sock, connection.partial, connection.client))
             self.adopting.add(task)
             task.add_done_callback(self.adopting.discard)
-        if received.done and not self.done:
+        if (received.done or received.over) and not self.done:
             self.done = True
+            self.on_done()
             log.info("took over %s from pid %d", count(self.received, "connection"),
                      self.successor.offer.predecessor)
         self.on_lines(received.lines)

@@ -377,7 +377,8 @@ class DaemonState:
     for the daemon to be gone, then starts another, instead of reporting it
     as running. ``reloads`` counts the generations before this one;
     ``reload_error`` is why the last reload failed, at ``reload_failed_at``
-    (what ``reload`` waits for besides a new pid).
+    (what ``reload`` waits for besides a new pid); ``predecessor`` is the
+    generation this one took over from, while that one may still accept.
     """
 
     pid: int
@@ -393,6 +394,7 @@ class DaemonState:
     reloads: int = 0
     reload_error: str = ""
     reload_failed_at: float = 0.0
+    predecessor: int = 0
 
     def uptime(self) -> float:
         return max(0.0, time.time() - self.started)
@@ -428,7 +430,8 @@ def _state_from(fields: Any) -> DaemonState:
                        _activity_from(fields.get("activity", {})),
                        int(fields.get("reloads", 0)),
                        _text(fields.get("reload_error", "")),
-                       _moment(fields.get("reload_failed_at", 0.0)))
+                       _moment(fields.get("reload_failed_at", 0.0)),
+                       int(fields.get("predecessor", 0)))
 
 
 def _activity_from(fields: Any) -> Activity:
@@ -621,6 +624,7 @@ class Claim:
         self.reload_failure: tuple[float, str] = (0.0, "")
         self.owns_files = True  # False once handed over, or until a new generation takes over
         self.reload_socket: socket.socket | None = None
+        self.predecessor = 0  # while the generation this one took over from still accepts
         self._wrote_pidfile = False
         self._serving_since: float | None = None
 
@@ -724,7 +728,7 @@ class Claim:
         state = DaemonState(os.getpid(), self._serving_since, addresses, lines_served, now,
                             workers, dict(closed or {}), paused, stopping,
                             activity or Activity(), self.reloads, self.reload_failure[1],
-                            self.reload_failure[0])
+                            self.reload_failure[0], self.predecessor)
         self.directory.write_atomically(self.files.state.name, state.to_json())
 
     def release(self) -> None:

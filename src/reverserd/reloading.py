@@ -62,6 +62,7 @@ class Reloader:
     keeper_pid: int = 0
     keeper_watch: int = -1  # a pidfd of the keeper: this generation ends with it
     keeper: Keeper | None = None  # this generation's own, once it reloaded
+    exit_status: int = 0  # a keeper's: the last generation's
 
     def follow_keeper(self, found: tuple[int, int, int] | None) -> None:
         """Name successors to the keeper (``found``: its pipe, pid and a

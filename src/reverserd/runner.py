@@ -62,6 +62,8 @@ class Supervise(Protocol):
             take_over: Callable[[], None] | None = None,
             receiving: list[passing.Receiving] | None = None) -> None: ...
 
+    def refresh_state(self) -> None: ...
+
 
 class ApplicationFailed(UserError):
     """The application raised while starting or stopping; the traceback is in the log."""
@@ -83,6 +85,7 @@ def take_over(successor: Succeeding, claim: Claim | None, application: Applicati
         raise UserError(f"pid {successor.offer.predecessor} began to stop during the reload; "
                         "not taking over")
     if claim is not None:
+        claim.predecessor = successor.offer.predecessor
         claim.take_over()
     for server in listening_services(application):
         server.take_ownership()
@@ -95,7 +98,7 @@ def run(application: Application, claim: Claim | None = None,
         loop: tuple[str, LoopFactory] = ("asyncio", asyncio.new_event_loop),
         supervisor: Supervise | None = None, limits: Limits | None = None,
         supervision: Supervision | None = None,
-        generations: Generations | None = None) -> int | None:
+        generations: Generations | None = None) -> None:
     """Serve ``application`` until SIGTERM or SIGINT, then stop it gracefully.
 
     ``claim``'s state file is written once the application serves, and
@@ -114,8 +117,7 @@ def run(application: Application, claim: Claim | None = None,
     the daemon's pid by then.
 
     ``generations`` makes SIGHUP reload (see ``reloading``), and makes a new
-    generation take over from its predecessor before it accepts. Returns
-    the pid of the generation this one handed over to, if it did.
+    generation take over from its predecessor before it accepts.
     """
     loop_name, loop_factory = loop
     log.info("reverserd %s starting: Python %s, pid %d, application %s, %s loop%s",
@@ -152,6 +154,12 @@ def run(application: Application, claim: Claim | None = None,
                               closed=policy.counts(), paused=policy.pauses, stopping=stopping,
                               activity=policy.activity())
 
+    def refresh_quietly() -> None:
+        try:
+            write_state()
+        except OSError as error:
+            log.warning("cannot write the state file: %s", os_reason(error))
+
     def mark_stopping() -> None:
         nonlocal stopping
         stopping = True
@@ -163,6 +171,15 @@ def run(application: Application, claim: Claim | None = None,
 
     receiving: list[passing.Receiving] = []  # held while it runs
 
+    def predecessor_let_go() -> None:
+        """Say so in the state file: ``reload`` returns once it reads it."""
+        if claim is not None:
+            claim.predecessor = 0
+            if supervisor is None:
+                refresh_quietly()
+            else:
+                supervisor.refresh_state()
+
     def ready(addresses: tuple[str, ...]) -> None:
         nonlocal announced
         announced = True
@@ -170,7 +187,8 @@ def run(application: Application, claim: Claim | None = None,
             supervision.ready(addresses)
         elif successor.taken():  # and the predecessor tells systemd (MAINPID=)
             receiving.append(passing.Receiving(successor, application, supervision,
-                                                 watch=supervisor is None))
+                                               watch=supervisor is None))
+            receiving[-1].on_done = predecessor_let_go
         if on_ready is not None:
             on_ready(addresses)
 
@@ -200,9 +218,10 @@ def run(application: Application, claim: Claim | None = None,
             claim.release()
         if announced:
             supervision.status("stopped")
-        log.info("stopped" if reload is None or reload.handed_to is None
-                 else f"stopped; pid {reload.handed_to} serves")
-    return None if reload is None else reload.handed_to
+        handed_on = reload is not None and reload.handed_to is not None \
+            and reload.reloader.keeper is None  # (a keeper outlives every generation)
+        log.info(f"stopped; pid {reload.handed_to} serves" if handed_on and reload is not None
+                 else "stopped")
 
 
 def _save(application: Application, directory: DirectoryHandle) -> pathlib.Path:
@@ -284,8 +303,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         a supervisor signals: what it gets is for the generation serving now."""
         if reload is None or reload.handed_to is None or reload.reloader.keeper is None:
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(reload.reloader.keeper.latest(reload.handed_to), signum)
+        reload.reloader.keeper.forward(signum, reload.handed_to)
         return True
 
     def on_stop_signal(signum: int) -> None:
@@ -443,6 +461,9 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
                 except asyncio.CancelledError:
                     if not forced:
                         raise
+        if reload is not None and reload.handed_to is not None \
+                and reload.reloader.keeper is not None:
+            reload.reloader.exit_status = await reload.reloader.keeper.keep(reload.handed_to)
     finally:
         if reload is not None and reload.under_way:
             reload.poll(stopping=True)  # sends the successor away: this generation stops

@@ -56,6 +56,14 @@ def redeliver() -> None:
         os.kill(os.getpid(), signum)
 
 
+def take() -> list[int]:
+    """The remembered signals, forgotten: a process now waiting for them
+    otherwise (``sigtimedwait``) acts on those another thread caught."""
+    pending = list(_pending)
+    _pending.clear()
+    return pending
+
+
 def release() -> None:
     """For a process that will not serve: the default dispositions back, and
     what came meanwhile delivered to them."""

@@ -232,6 +232,9 @@ class Supervisor:
         if reload is not None:
             reload.finish()  # with the counts of workers, before they are added for good
         self._add_counts_to_application()
+        if reload is not None and reload.handed_to is not None \
+                and reload.reloader.keeper is not None:
+            reload.reloader.exit_status = reload.reloader.keeper.keep_waiting(reload.handed_to)
 
     def _alive(self) -> list[Worker]:
         return [worker for worker in self.slots if worker.pid]
@@ -289,9 +292,9 @@ class Supervisor:
         elif outcome is not None:
             self.passing, self.reload.passing = self.reload.passing, None
             self.reload.close_reload_socket()
+            self._stop_for("the new generation took over")  # the workers stop accepting first
         if self.passing is not None and self.passing.step():  # the workers keep theirs
             self.passing = None
-            self._stop_for("the new generation took over")
 
     def _kill_the_silent(self) -> None:
         """SIGKILL a serving worker whose heartbeat stopped: its loop is stuck,
@@ -308,6 +311,11 @@ class Supervisor:
 
     def _on_signal(self, signum: int, sender: int,
                    on_ready: runner.ReadyCallback | None) -> None:
+        reload = self.reload
+        if signum in signals.HANDLED_SIGNALS and reload is not None \
+                and reload.handed_to is not None and reload.reloader.keeper is not None:
+            reload.reloader.keeper.forward(signum, reload.handed_to)  # for the serving one
+            return
         if signum == signal.SIGCHLD:
             self._reap()
         elif signum == READY_SIGNAL:
@@ -518,6 +526,10 @@ class Supervisor:
             return 1
         finally:
             logging.shutdown()
+
+    def refresh_state(self) -> None:
+        """Rewrite the state file now (the counts are those last reported)."""
+        self._write_state()
 
     def _lines_with_counts(self) -> dict[str, int]:
         """Lines served by each listener, by key, the workers' included."""

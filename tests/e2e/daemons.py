@@ -39,21 +39,24 @@ def wait_until_dead(pid: int) -> None:
     wait_until(lambda: not is_alive(pid), f"pid {pid} to end")
 
 
-def reverserd_processes_in(directory: pathlib.Path) -> list[int]:
-    """Live reverserd processes whose working directory is ``directory``."""
+def reverserd_processes_in(directory: pathlib.Path, below: bool = False,
+                           also: str = REVERSERD) -> list[int]:
+    """Live reverserd processes whose working directory is ``directory`` (or,
+    ``below``, anywhere under it: a chrooted generation works in its jail),
+    sorted; ``also``: a further script that runs reverserd."""
     found = []
     for entry in pathlib.Path("/proc").iterdir():
         if not entry.name.isdigit() or not is_alive(int(entry.name)):
             continue
         try:
             cwd = os.readlink(entry / "cwd")
-            command = (entry / "cmdline").read_bytes()
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cwd == str(directory) and (REVERSERD.encode() in command
-                                      or is_reverserd(int(entry.name))):
+        inside = cwd == str(directory) or (below and cwd.startswith(f"{directory}/"))
+        if inside and (is_reverserd(int(entry.name)) or also.encode() in arguments):
             found.append(int(entry.name))
-    return found
+    return sorted(found)
 
 
 class DaemonDirectory:

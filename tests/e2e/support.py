@@ -122,6 +122,17 @@ def connect(port: int, timeout: float = DEADLINE) -> socket.socket:
     return sock
 
 
+def connect_unix(path: pathlib.Path, timeout: float = 10.0) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def receive_exactly(sock: socket.socket, size: int) -> bytes:
     """Read ``size`` bytes, failing if the peer closes first."""
     chunks, received = [], 0

@@ -4,6 +4,7 @@ same sockets, the pidfile and the open connections, and a broken one changes not
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -35,6 +36,7 @@ from tests.e2e.support import (
     DEADLINE,
     REVERSERD,
     connect,
+    connect_unix,
     port_is_free,
     receive_exactly,
     receive_until_closed,
@@ -598,15 +600,7 @@ def test_a_unix_socket_listener_survives_reloads(generations: DaemonDirectory) -
     pids = [int(match.group(1))]
     inode = path.stat().st_ino
 
-    def unix_client() -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.settimeout(10)
-        try:
-            sock.connect(str(path))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+    unix_client = functools.partial(connect_unix, path)
 
     with Clients(unix_client, seconds=30) as clients:
         clients.progress("before the first reload")

@@ -3,6 +3,7 @@ on sockets systemd passed, with ``--save``, on a Unix socket."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -27,7 +28,6 @@ from tests.e2e.daemons import (
     STARTED,
     DaemonDirectory,
     is_alive,
-    is_reverserd,
     kill_if_reverserd,
     reverserd_processes_in,
     wait_until_dead,
@@ -38,6 +38,7 @@ from tests.e2e.support import (
     REVERSERD,
     ReverserdProcess,
     connect,
+    connect_unix,
     port_is_free,
     receive_exactly,
     receive_until_closed,
@@ -54,32 +55,13 @@ DEFAULT_PORT = 2323  # where reverserd listens when nothing says otherwise
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as in CI")
 
 
-def reverserd_processes_below(directory: pathlib.Path, also: str = REVERSERD) -> list[int]:
-    """Live reverserd processes working in ``directory`` or anywhere under it
-    (a chrooted generation works in its jail); ``also``: a further script
-    that runs reverserd."""
-    found = []
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit() or not is_alive(int(entry.name)):
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            arguments = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (cwd == str(directory) or cwd.startswith(f"{directory}/")) \
-                and (is_reverserd(int(entry.name)) or also.encode() in arguments):
-            found.append(int(entry.name))
-    return sorted(found)
-
-
 @pytest.fixture
 def generations(daemons: DaemonDirectory) -> Iterator[DaemonDirectory]:
     """``daemons``, whose teardown also kills every reverserd still working in
     the test's directory or below: generations a reload started, whatever
     pidfile names them, and their workers."""
     yield daemons
-    for pid in reverserd_processes_below(daemons.path):
+    for pid in reverserd_processes_in(daemons.path, below=True):
         kill_if_reverserd(pid)
 
 
@@ -253,7 +235,7 @@ def reachable() -> Iterator[DaemonDirectory]:
     try:
         yield daemons
     finally:
-        for pid in reverserd_processes_below(path, also=str(path / "bin" / "reverserd")):
+        for pid in reverserd_processes_in(path, below=True, also=str(path / "bin" / "reverserd")):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(path)
 
@@ -329,7 +311,7 @@ def test_a_daemon_running_as_nobody_reloads_on_the_port_it_bound_as_root(
         new, 1, [f"127.0.0.1:{port}"])
     assert run("stop", *files).returncode == 0
     assert not is_alive(new)
-    assert reverserd_processes_below(daemons.path, also=program) == []
+    assert reverserd_processes_in(daemons.path, below=True, also=program) == []
 
 
 # --- a chroot -------------------------------------------------------------------------
@@ -375,7 +357,7 @@ def test_a_jailed_daemon_is_reloaded_from_outside_and_only_so(
                          rf"pid {new} serves on$", re.MULTILINE)
     wait_until(lambda: refusal.search(daemons.log()), "the jailed daemon to refuse SIGHUP")
     assert daemons.pidfile.read_text() == f"{new}\n"
-    assert reverserd_processes_below(daemons.path) == [new]
+    assert reverserd_processes_in(daemons.path, below=True) == [new]
     assert exchange(daemon.port, b"hangup") == b"pugnah\n"
     report = status_json(daemons)
     assert report["reloads"] == 1 and "'reverserd reload'" in report["last_reload_error"], report
@@ -393,7 +375,7 @@ def test_a_jailed_daemon_is_reloaded_from_outside_and_only_so(
     assert re.fullmatch(rf"reverserd: reload failed: cannot listen on 127\.0\.0\.1:{taken_port}"
                         rf": address already in use; pid {new} serves on", failure), failure
     assert daemons.pidfile.read_text() == f"{new}\n"
-    wait_until(lambda: reverserd_processes_below(daemons.path) == [new],
+    wait_until(lambda: reverserd_processes_in(daemons.path, below=True) == [new],
                "the broken generation to be gone", timeout=3)
     assert exchange(daemon.port, b"serves on") == b"no sevres\n"
     assert status_json(daemons)["reloads"] == 1
@@ -408,7 +390,7 @@ def test_a_jailed_daemon_is_reloaded_from_outside_and_only_so(
     daemons.stop()
     wait_until_dead(last)
     assert not reload_socket.exists()
-    assert reverserd_processes_below(daemons.path) == []
+    assert reverserd_processes_in(daemons.path, below=True) == []
     assert port_is_free(daemon.port)
 
 
@@ -449,7 +431,7 @@ def test_a_reload_keeps_serving_the_socket_systemd_passed(
     assert daemons.run("stop", "--pidfile", str(pidfile)).returncode == 0
     wait_until_dead(new)
     assert process.wait() == 0
-    assert reverserd_processes_below(daemons.path) == []
+    assert reverserd_processes_in(daemons.path, below=True) == []
 
 
 # --- saved state ----------------------------------------------------------------------
@@ -469,7 +451,7 @@ def test_the_saved_line_count_carries_on_across_a_reload(
     daemons.stop()
     assert saved_lines(daemons.path / STATE) == 5
     assert "5 lines served in all" in daemons.log()
-    assert reverserd_processes_below(daemons.path) == []
+    assert reverserd_processes_in(daemons.path, below=True) == []
 
 
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "workers"])
@@ -503,15 +485,7 @@ def test_a_unix_socket_served_by_workers_survives_reloads(generations: DaemonDir
     assert started.stdout.endswith(f"listening on unix:{path}\n"), started
     inode = path.stat().st_ino
 
-    def unix_client() -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.settimeout(10)
-        try:
-            sock.connect(str(path))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+    unix_client = functools.partial(connect_unix, path)
 
     with Traffic(unix_client, clients=3, seconds=30) as traffic:
         traffic.progress("before the first reload")
@@ -529,5 +503,5 @@ def test_a_unix_socket_served_by_workers_survives_reloads(generations: DaemonDir
     assert status_json(daemons)["addresses"] == [f"unix:{path}"]
     daemons.stop()
     assert not path.exists()
-    assert reverserd_processes_below(daemons.path) == []
+    assert reverserd_processes_in(daemons.path, below=True) == []
 

@@ -21,6 +21,7 @@ import re
 import shlex
 import signal
 import socket
+import typing
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -133,10 +134,10 @@ def wait_for_handover(log: Log, old: int, connections: int) -> int:
         return (new, count) if new is not None and took and count is not None else None
 
     try:
-        new, count = wait_until(handed_over,  # type: ignore[misc]
-                                f"pid {old} to hand over to a new generation")
+        found = wait_until(handed_over, f"pid {old} to hand over to a new generation")
     except AssertionError as timeout:
         raise AssertionError(f"{timeout}; the log: {log()}") from None
+    new, count = typing.cast(tuple[int, int], found)
     assert count == connections, [line for line in log() if "took over" in line]
     return new
 
@@ -200,8 +201,14 @@ class Generations:
     def all_ended(self, port: int) -> None:
         """After the supervisor's stop: not one process of any generation is left, the port
         is free, and nothing went wrong on the way."""
-        wait_until(lambda: all(vanished(process) for process in self.seen.values()),
-                   f"every one of {sorted(self.seen)} to end")
+        def left() -> dict[int, list[str]]:
+            return {process.pid: command_line(process.pid)
+                    for process in self.seen.values() if not vanished(process)}
+
+        try:
+            wait_until(lambda: not left(), f"every one of {sorted(self.seen)} to end")
+        except AssertionError as timeout:
+            raise AssertionError(f"{timeout}; still there: {left()}") from None
         assert port_is_free(port)
         assert not [line for line in self.log() if TROUBLE.search(line)]
 

@@ -17,13 +17,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.e2e.daemons import DaemonDirectory
+from tests.e2e.daemons import DaemonDirectory, is_alive
 from tests.e2e.notify_socket import NotifySocket
 from tests.e2e.support import (
     DEADLINE,
     REVERSERD,
     ReverserdProcess,
     connect,
+    port_is_free,
     receive_exactly,
     wait_until,
 )
@@ -285,6 +286,49 @@ def test_a_signal_while_starting_neither_kills_nor_is_lost(
     assert process.popen.poll() is None
     process.signal(signal.SIGTERM)
     assert process.wait() == 0
+
+
+THREADED_APP = (
+    "import threading, time\n"
+    "from reverserd import Application, Reverser, TCPServer\n"
+    "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
+    "application = Application('threaded')\n"
+    "TCPServer(0, Reverser).set_service_parent(application)\n"
+)
+
+
+def kept(tmp_path: pathlib.Path,
+         reverserd: Callable[..., ReverserdProcess]) -> tuple[ReverserdProcess, int, int]:
+    """``run`` of an application with a thread of its own, reloaded once: the
+    process (now the keeper), the new generation's pid and the port."""
+    (tmp_path / "threaded.py").write_text(THREADED_APP)
+    process = reverserd("run", "-y", "threaded.py")
+    port = process.wait_until_serving()
+    process.signal(signal.SIGHUP)
+    successor = int(process.wait_for_log(r"serving from pid (\d+)")[1])
+    return process, successor, port
+
+
+def test_the_keeper_passes_every_signal_on_whichever_thread_gets_it(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess]) -> None:
+    process, successor, port = kept(tmp_path, reverserd)
+    for _ in range(300):  # the application's thread is as likely to be handed each as any
+        process.signal(signal.SIGUSR2)
+        process.signal(signal.SIGUSR1)
+    assert echoes(port)
+    assert process.popen.poll() is None and is_alive(successor)
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert not is_alive(successor)
+
+
+def test_a_generation_ends_with_the_keeper(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess]) -> None:
+    process, successor, port = kept(tmp_path, reverserd)
+    process.popen.kill()  # a supervisor's last resort: the service is dead for it
+    process.wait()
+    wait_until(lambda: not is_alive(successor), "the generation to follow its keeper")
+    assert port_is_free(port)
 
 
 def test_a_sighup_while_starting_reloads_once_serving(

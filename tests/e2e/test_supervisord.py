@@ -8,6 +8,11 @@ under test), /var/log/supervisor/reverserd.log a log in the test's directory, an
 back from the ``listening on`` line the new process logs. supervisord runs in the foreground
 (``-n``) as the test's child and is ended by its pid with SIGTERM, which makes it stop
 reverserd the way the section says.
+
+``supervisorctl signal HUP reverserd`` reloads: a new generation serves, while the process
+supervisord started stays RUNNING under the same pid (the keeper, which passes signals on to
+the generation serving now); the reload tests share test_runit's way of following the
+generations through the log and /proc.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import pytest
 from tests.e2e.daemons import is_alive, kill_if_reverserd, wait_until_dead
 from tests.e2e.support import DEADLINE, REVERSERD, connect, receive_until_closed, wait_until
 from tests.e2e.test_control_plane import stuck_client
+from tests.e2e.test_runit import Generations, reload_and_check
 
 SHIPPED = pathlib.Path(__file__).parents[2] / "scripts" / "supervisord" / "reverserd.conf"
 SUPERVISORD = "/usr/bin/supervisord"
 SUPERVISORCTL = "/usr/bin/supervisorctl"
 STATUS = re.compile(r"^reverserd\s+([A-Z]+)\s*(?:pid (\d+),)?", re.MULTILINE)
 LOG_RECORD = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d [A-Z]+ \S+: ")
+UPTIME = re.compile(r"^reverserd\s+RUNNING\s+pid \d+, uptime (\d+):(\d\d):(\d\d)$", re.MULTILINE)
 STOP_WAIT = 20.0  # seconds; more than the section's stopwaitsecs
 
 
@@ -239,3 +246,59 @@ def test_a_killed_server_is_started_again(supervisord: Supervisord) -> None:
     assert reverses(supervisord.port_of(replacement))
     assert "exited: reverserd (terminated by SIGKILL; not expected)" \
         in supervisord.own_log.read_text()
+
+
+def signal_hup(supervisord: Supervisord) -> None:
+    result = supervisord.ctl("signal", "HUP", "reverserd")
+    assert (result.returncode, result.stdout) == (0, "reverserd: signalled\n"), result
+
+
+def uptime(supervisord: Supervisord) -> int:
+    """Seconds since supervisord started reverserd, as ``supervisorctl status`` says."""
+    status = supervisord.ctl("status", "reverserd").stdout
+    match = UPTIME.search(status)
+    assert match, status
+    hours, minutes, seconds = map(int, match.groups())
+    return (hours * 60 + minutes) * 60 + seconds
+
+
+def supervisor_view(supervisord: Supervisord) -> tuple[object, ...]:
+    """What supervisord knows of reverserd: its state and pid (status and ``supervisorctl
+    pid``), and how many times it started it and saw it exit (its own log)."""
+    own = supervisord.own_log.read_text()
+    return (*supervisord.status(), supervisord.ctl("pid", "reverserd").stdout,
+            own.count("spawned: 'reverserd'"), own.count("exited: reverserd"))
+
+
+def program_lines(supervisord: Supervisord) -> list[str]:
+    return supervisord.program_log.read_text().splitlines()
+
+
+def test_supervisorctl_signal_hup_reloads_behind_the_pid_supervisord_watches(
+        supervisord: Supervisord) -> None:
+    keeper = supervisord.wait_running()
+    assert supervisor_view(supervisord) == ("RUNNING", keeper, f"{keeper}\n", 1, 0)
+    up = uptime(supervisord)
+    generations = Generations(lambda: program_lines(supervisord), keeper, supervisord.pids.add)
+    reload_and_check(generations, lambda: signal_hup(supervisord),
+                     supervisord.port_of(keeper), lambda: supervisor_view(supervisord))
+    assert uptime(supervisord) >= up  # counted from the one start, not from a reload
+
+
+def test_supervisorctl_stop_after_reloads_ends_the_keeper_and_every_generation(
+        supervisord: Supervisord) -> None:
+    keeper = supervisord.wait_running()
+    port = supervisord.port_of(keeper)
+    generations = Generations(lambda: program_lines(supervisord), keeper, supervisord.pids.add)
+    for _ in range(2):
+        generations.reload(lambda: signal_hup(supervisord))
+    last = generations.serving.pid
+    result = supervisord.ctl("stop", "reverserd")
+    assert (result.returncode, result.stdout) == (0, "reverserd: stopped\n"), result
+    assert supervisord.status() == ("STOPPED", None)
+    # The keeper's exit status is that of the generation serving last: 0 after its
+    # graceful stop.
+    assert "stopped: reverserd (exit status 0)" in supervisord.own_log.read_text()
+    assert stopped_gracefully(supervisord, last)
+    generations.all_ended(port)
+    assert supervisord.children() == set()
