@@ -13,13 +13,21 @@ SOAK_SECONDS ?= 60
 run: $(VENV)/.installed-run
 	$(BIN)/reverserd --foreground
 
-# ruff over src, tests and scripts, mypy --strict over src, then the suite: all three
-# run, so one make test reports every finding, and any of them fails the target.
+# ruff over src, tests and scripts, mypy --strict over src, the unit tests, and the
+# end-to-end tests: every one runs, so one make test reports every finding, and any of them
+# fails the target. The end-to-end tests mostly wait on processes and sockets, so the
+# others run beside them, on the second core; their output follows.
 test: $(VENV)/.installed-test $(BENCH_VENV)/.installed system-deps
-	status=0; \
-	$(BIN)/ruff check src tests scripts || status=1; \
-	$(BIN)/mypy --strict src || status=1; \
-	REVERSERD_BENCH_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python $(BIN)/pytest || status=1; \
+	status=0; log=$$(mktemp); \
+	( checks=0; \
+	  $(BIN)/ruff check src tests scripts || checks=1; \
+	  $(BIN)/mypy --strict src || checks=1; \
+	  $(BIN)/pytest tests --ignore=tests/e2e -p no:cacheprovider || checks=1; \
+	  exit $$checks ) > "$$log" 2>&1 & checks=$$!; \
+	REVERSERD_BENCH_PYTHON=$(CURDIR)/$(BENCH_VENV)/bin/python $(BIN)/pytest tests/e2e \
+		|| status=1; \
+	wait $$checks || status=1; \
+	cat "$$log"; rm -f "$$log"; \
 	exit $$status
 
 # A 15 s version runs in make test (tests/e2e/test_soak.py): hostile clients, signals and

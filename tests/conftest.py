@@ -9,6 +9,12 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
+
+# No deadline per example: speed is measured by make bench, and the unit tests run beside
+# the end-to-end ones (make test), on a machine whose load says nothing about the code.
+settings.register_profile("reverserd", deadline=None)
+settings.load_profile("reverserd")
 
 
 @pytest.fixture

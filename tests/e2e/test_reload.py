@@ -483,9 +483,9 @@ def test_the_pidfile_and_status_never_lie_during_reloads(generations: DaemonDire
     lies: list[str] = []
     done = threading.Event()
 
-    def reload_ten_times() -> None:
+    def reload_five_times() -> None:
         try:
-            for _ in range(10):
+            for _ in range(5):
                 outcomes.append(reload(daemons))
         except BaseException as error:  # reported by the test, not lost in the thread
             outcomes.append(error)
@@ -505,7 +505,7 @@ def test_the_pidfile_and_status_never_lie_during_reloads(generations: DaemonDire
                 lies.append(f"pidfile names pid {pid}, which is gone")
                 return
 
-    reloader = threading.Thread(target=reload_ten_times)
+    reloader = threading.Thread(target=reload_five_times)
     watcher = threading.Thread(target=watch_pidfile)
     statuses = starts = 0
     reloader.start()
@@ -527,7 +527,7 @@ def test_the_pidfile_and_status_never_lie_during_reloads(generations: DaemonDire
         reloader.join(60)
         watcher.join(DEADLINE)
     assert lies == []
-    assert len(outcomes) == 10 and all(isinstance(o, tuple) for o in outcomes), outcomes
+    assert len(outcomes) == 5 and all(isinstance(o, tuple) for o in outcomes), outcomes
     assert statuses >= 5 and starts >= 1, (statuses, starts)
     pids = [daemon.pid, *(new for _, new in outcomes)]  # type: ignore[misc]
     for pid in pids[:-1]:

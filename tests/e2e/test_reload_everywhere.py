@@ -181,7 +181,7 @@ def test_workers_are_replaced_by_a_new_set_while_clients_keep_connecting(
     main, seen = daemon.pid, {daemon.pid, *(pid for pid, _ in workers.values())}
     with Traffic(lambda: connect(daemon.port, timeout=10), clients=3, seconds=40) as traffic:
         traffic.progress("before the first reload")
-        for number in range(5):
+        for number in range(3):
             old_workers = [pid for pid, _ in workers.values()]
             old, main = reload(daemons)
             assert old not in old_workers and main not in seen
@@ -197,8 +197,8 @@ def test_workers_are_replaced_by_a_new_set_while_clients_keep_connecting(
             traffic.progress(f"after reload {number + 1}")
         answered = traffic.finish()
     assert (traffic.tally.refused, traffic.tally.reset, traffic.tally.problems) == (0, 0, [])
-    assert answered > 15, traffic.tally.exchanges
-    assert status_json(daemons)["reloads"] == 5
+    assert answered > 9, traffic.tally.exchanges
+    assert status_json(daemons)["reloads"] == 3
     assert sorted(reverserd_processes_in(daemons.path)) == sorted([main, *new_workers])
     assert exchange(daemon.port, b"last") == b"tsal\n"
 
