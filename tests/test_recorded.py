@@ -36,7 +36,7 @@ def record(directory: pathlib.Path, *layers: recorded.Layer) -> None:
     """Leave ``layers`` next to ``directory``'s default pidfile, as a start would."""
     handle = DirectoryHandle(directory)
     try:
-        recorded.write(handle, RunFiles(directory / config.DEFAULT_PIDFILE), layers)
+        recorded.write(RunFiles(directory / config.DEFAULT_PIDFILE), layers, handle)
     finally:
         handle.close()
 
@@ -50,7 +50,7 @@ def test_layers_written_are_read_back_in_order(tmp_path: pathlib.Path,
     layers = (layer(tmp_path, "start", "--port", "0", "--max-line-length", "100"),
               layer(tmp_path / "elsewhere", "reload", "--log-level", "debug"),
               layer(pathlib.Path("/"), "restart", "--listen", "tcp:0", "--", "é ü \n"))
-    recorded.write(directory, files, layers)
+    recorded.write(files, layers, directory)
     assert files.options == tmp_path / "reverserd.pid.options"
     assert recorded.read(files) == layers
     on_disk = json.loads(files.options.read_text(encoding="utf-8"))
@@ -60,8 +60,8 @@ def test_layers_written_are_read_back_in_order(tmp_path: pathlib.Path,
 
 def test_a_new_record_replaces_the_old_one_and_leaves_no_temporary_file(
         tmp_path: pathlib.Path, directory: DirectoryHandle, files: RunFiles) -> None:
-    recorded.write(directory, files, [layer(tmp_path, "start", "--port", "1")])
-    recorded.write(directory, files, [layer(tmp_path, "start", "--port", "2")])
+    recorded.write(files, [layer(tmp_path, "start", "--port", "1")], directory)
+    recorded.write(files, [layer(tmp_path, "start", "--port", "2")], directory)
     assert recorded.read(files) == (layer(tmp_path, "start", "--port", "2"),)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["reverserd.pid.options"]
 
@@ -72,7 +72,7 @@ def test_no_record_reads_as_no_layers(files: RunFiles) -> None:
 
 def test_an_empty_record_reads_as_no_layers(directory: DirectoryHandle,
                                             files: RunFiles) -> None:
-    recorded.write(directory, files, [])
+    recorded.write(files, [], directory)
     assert recorded.read(files) == ()
 
 
@@ -131,7 +131,7 @@ def test_a_record_with_too_many_layers_or_arguments_is_refused(tmp_path: pathlib
 def test_a_layer_with_a_relative_directory_is_refused(directory: DirectoryHandle,
                                                       files: RunFiles, relative: str) -> None:
     """Its relative paths would change meaning with the directory restart runs in."""
-    recorded.write(directory, files, [recorded.Layer(("start", "-l", "x.log"), relative)])
+    recorded.write(files, [recorded.Layer(("start", "-l", "x.log"), relative)], directory)
     with pytest.raises(UserError, match=f"^cannot use {files.options}: "):
         recorded.read(files)
 
@@ -140,7 +140,7 @@ def test_a_symlinked_record_is_refused(tmp_path: pathlib.Path, directory: Direct
                                        files: RunFiles) -> None:
     """Someone able to plant a link could otherwise choose the options of the next start."""
     elsewhere = RunFiles(tmp_path / "other.pid")
-    recorded.write(directory, elsewhere, [layer(tmp_path, "start", "--port", "99")])
+    recorded.write(elsewhere, [layer(tmp_path, "start", "--port", "99")], directory)
     files.options.symlink_to(elsewhere.options)
     with pytest.raises(UserError, match=f"{files.options}: it is a symbolic link"):
         recorded.read(files)
@@ -156,20 +156,20 @@ def test_more_layers_than_the_limit_are_not_written(tmp_path: pathlib.Path,
                                                     directory: DirectoryHandle,
                                                     files: RunFiles) -> None:
     most = [layer(tmp_path, "start", "--port", str(n)) for n in range(recorded.MAX_LAYERS)]
-    recorded.write(directory, files, most)
+    recorded.write(files, most, directory)
     assert recorded.read(files) == tuple(most)
     with pytest.raises(UserError, match=f"{recorded.MAX_LAYERS} option changes are recorded"):
-        recorded.write(directory, files, [*most, layer(tmp_path, "reload", "--port", "7")])
+        recorded.write(files, [*most, layer(tmp_path, "reload", "--port", "7")], directory)
     assert recorded.read(files) == tuple(most), "the record is left as it was"
 
 
 def test_command_lines_too_long_to_record_are_not_written(tmp_path: pathlib.Path,
                                                           directory: DirectoryHandle,
                                                           files: RunFiles) -> None:
-    recorded.write(directory, files, [layer(tmp_path, "start")])
+    recorded.write(files, [layer(tmp_path, "start")], directory)
     huge = layer(tmp_path, "start", "--logfile", "x" * recorded.OPTIONS_BYTES)
     with pytest.raises(UserError, match=f"{files.options} are too long"):
-        recorded.write(directory, files, [huge])
+        recorded.write(files, [huge], directory)
     assert recorded.read(files) == (layer(tmp_path, "start"),)
 
 

@@ -39,7 +39,6 @@ from reverserd import (
     status_report,
 )
 from reverserd.config import DEFAULT_UMASK, Config
-from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
 from reverserd.pidfile import (
     Claim,
@@ -163,7 +162,11 @@ def _report_start(files: RunFiles, report: detach.Report, config: Config) -> int
     if report.outcome is detach.Outcome.READY:
         say(f"started: pid {pid}{_listening(report.addresses)}")
         if config.successor is None:
-            _record(files, config.layers)
+            try:
+                recorded.write(files, config.layers)
+            except UserError as error:
+                warn(f"warning: {error}; restart and reload will not know the options "
+                     "given now")
         return 0
     if report.outcome is detach.Outcome.TIMED_OUT and report.pid is not None:
         _signal(report.pid, signal.SIGKILL)
@@ -558,26 +561,7 @@ def _record_changes(files: RunFiles, config: Config, previous: tuple[recorded.La
     """Record the options this ``reload`` changes, for the new generation to
     read (and for later restarts); ``undo`` puts the record back as it was."""
     if config.layers != previous:
-        _record(files, previous if undo else config.layers, strict=True)
-
-
-def _record(files: RunFiles, layers: tuple[recorded.Layer, ...],
-            directory: DirectoryHandle | None = None, strict: bool = False) -> None:
-    """Record the options of a daemon that serves, for ``restart`` and
-    ``reload``; only a warning if that fails, unless ``strict``."""
-    handle = directory or DirectoryHandle(files.pidfile.parent)
-    try:
-        recorded.write(handle, files, layers)
-    except UserError as error:
-        if strict:
-            raise
-        logging.getLogger(__name__).warning("%s; restart and reload will not know the "
-                                            "options given now", error)
-        if directory is None:
-            warn(f"warning: {error}")
-    finally:
-        if directory is None:
-            handle.close()
+        recorded.write(files, previous if undo else config.layers)
 
 
 def _await_successor(files: RunFiles, daemon: Process, asked: float, patience: float) -> int:
@@ -645,7 +629,11 @@ def run_foreground(config: Config) -> int:
         raise
     def record(addresses: tuple[str, ...]) -> None:
         if claim is not None and config.successor is None:
-            _record(claim.files, config.layers, claim.directory)
+            try:
+                recorded.write(claim.files, config.layers, claim.directory)
+            except UserError as error:
+                logging.getLogger(__name__).warning(
+                    "%s; restart and reload will not know the options given now", error)
 
     try:
         prepared.serve(claim, on_ready=record)

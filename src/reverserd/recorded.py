@@ -84,8 +84,10 @@ def read(files: RunFiles, directory: DirectoryHandle | None = None) -> tuple[Lay
                         ) from None
 
 
-def write(directory: DirectoryHandle, files: RunFiles, layers: Sequence[Layer]) -> None:
-    """Record ``layers``, replacing any record."""
+def write(files: RunFiles, layers: Sequence[Layer],
+          directory: DirectoryHandle | None = None) -> None:
+    """Record ``layers``, replacing any record, through ``directory`` (the
+    pidfile's, held open: inside a chroot) or else by the pidfile's path."""
     if len(layers) > MAX_LAYERS:
         raise UserError(f"{len(layers) - 1} option changes are recorded since the start; "
                         "stop reverserd and start it with all its options")
@@ -93,6 +95,11 @@ def write(directory: DirectoryHandle, files: RunFiles, layers: Sequence[Layer]) 
     if len(data) > OPTIONS_BYTES:
         raise UserError(f"the command lines to record in {files.options} are too long")
     try:
-        directory.write_atomically(files.options.name, data)
+        handle = directory or DirectoryHandle(files.pidfile.parent)
+        try:
+            handle.write_atomically(files.options.name, data)
+        finally:
+            if directory is None:
+                handle.close()
     except OSError as error:
         raise UserError(f"cannot write {files.options}: {os_reason(error)}") from None

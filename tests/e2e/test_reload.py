@@ -473,6 +473,38 @@ def test_a_broken_new_generation_changes_nothing(generations: DaemonDirectory,
     assert (report["pid"], report["reloads"], report["last_reload_error"]) == (new, 1, None)
 
 
+def versioned_application(version: str) -> str:
+    """An application whose handler says which version of it answers."""
+    return (
+        "from reverserd import Application, LineHandler, TCPServer\n"
+        "class Versioned(LineHandler):\n"
+        "    def line_received(self, line):\n"
+        f"        return b'{version} ' + line\n"
+        "application = Application('versioned')\n"
+        "TCPServer(0, Versioned).set_service_parent(application)\n"
+    )
+
+
+def test_a_reload_runs_the_application_file_as_it_is_now(generations: DaemonDirectory) -> None:
+    """New code, on the same port, for new clients and for a connection kept open."""
+    daemons = generations
+    app = daemons.path / "app.py"
+    app.write_text(versioned_application("v1"))
+    started = daemons.run("start", "-y", "app.py")
+    match = STARTED.fullmatch(started.stdout.rstrip("\n"))
+    assert started.returncode == 0 and match, started
+    port = int(match.group(2))
+    with connect(port) as kept:
+        kept.sendall(b"before\n")
+        assert receive_exactly(kept, 10) == b"v1 before\n"
+        app.write_text(versioned_application("v2"))
+        old, _ = reload(daemons)
+        wait_until_dead(old)
+        assert exchange(port, b"new") == b"v2 new\n"
+        kept.sendall(b"after\n")
+        assert receive_exactly(kept, 9) == b"v2 after\n"
+
+
 # --- the pidfile, start and stop during reloads -----------------------------------------
 
 
