@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import pathlib
+import signal
 import socket
 import struct
 import time
@@ -150,10 +151,35 @@ class Reload:
         self.letting_in = False  # told the successor to take over; it has not confirmed
         self.passing: Passing | None = None  # once the successor took over
         self.handed_to: int | None = None  # the successor's pid, once it took over
+        self.deferred: list[int] = []  # signals for whichever generation ends up serving
 
     @property
     def under_way(self) -> bool:
         return self.succession is not None
+
+    def defer(self, signum: int) -> bool:
+        """Whether ``signum`` waits for the take-over under way to end.
+
+        Under a keeper, every generation's signals are the service's (the
+        supervisor knows only the keeper's pid). One that comes once the
+        successor was told to take over, before it confirmed, is for the
+        generation that serves after: the successor if it takes over (this
+        generation is on its way out), else this one (sent to itself again).
+        """
+        if not self.letting_in or self.reloader.keeper_fd is None:
+            return False
+        self.deferred.append(signum)
+        return True
+
+    def _resend_deferred(self, pid: int) -> None:
+        signums, self.deferred = self.deferred, []
+        for signum in signums:
+            log.info("passing %s, received during the take-over, on to pid %d",
+                     signal.Signals(signum).name, pid)
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                log.warning("pid %d is gone; %s not passed on", pid, signal.Signals(signum).name)
 
     def request(self, requested: socket.socket | None = None) -> Outcome | None:
         """Start the next generation (``reload`` started it if ``requested``,
@@ -267,12 +293,13 @@ class Reload:
         self.letting_in = False
         log.info("reloaded: pid %d \N{RIGHTWARDS ARROW} %d; this generation stops accepting "
                  "and finishes its connections", os.getpid(), step.successor)
+        self._resend_deferred(step.successor)
         return step
 
     def _failed(self, reason: str, stopping: bool = False) -> Outcome:
         self.succession = None
-        if self.letting_in and self.claim is not None:
-            self.letting_in = False
+        let_in, self.letting_in = self.letting_in, False
+        if let_in and self.claim is not None:
             try:
                 self.claim.take_over()  # the successor died taking over: ours again
             except OSError as error:
@@ -282,6 +309,7 @@ class Reload:
         self.supervision.reload_failed(reason)
         if self.claim is not None:
             self.claim.reload_failure = (time.time(), reason)
+        self._resend_deferred(os.getpid())
         return Outcome(failure=reason)
 
 

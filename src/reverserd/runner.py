@@ -300,7 +300,10 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
 
     def passed_on(signum: int) -> bool:
         """Once the first generation of ``run`` has handed over, it keeps the pid
-        a supervisor signals: what it gets is for the generation serving now."""
+        a supervisor signals: what it gets is for the generation serving now.
+        Under a keeper, what comes during a take-over waits for its end."""
+        if reload is not None and reload.defer(signum):
+            return True
         if reload is None or reload.handed_to is None or reload.reloader.keeper is None:
             return False
         reload.reloader.keeper.forward(signum, reload.handed_to)

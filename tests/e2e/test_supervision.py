@@ -331,6 +331,51 @@ def test_a_generation_ends_with_the_keeper(
     assert port_is_free(port)
 
 
+HELD_TAKE_OVER_APP = (
+    "import asyncio, os, pathlib\n"
+    "from reverserd import Application, Reverser, TCPServer\n"
+    "class Held(TCPServer):\n"
+    "    async def begin_accepting(self):\n"
+    "        # a new generation that took over the pidfile, not yet confirmed\n"
+    "        if self.hold_accepting and pathlib.Path('hold').exists():\n"
+    "            pathlib.Path('held.new').write_text(str(os.getpid()))\n"
+    "            os.rename('held.new', 'held')\n"
+    "            for _ in range(3000):\n"
+    "                if pathlib.Path('die').exists():\n"
+    "                    os._exit(3)\n"
+    "                if pathlib.Path('release').exists():\n"
+    "                    break\n"
+    "                await asyncio.sleep(0.01)\n"
+    "        await super().begin_accepting()\n"
+    "application = Application('held')\n"
+    "Held(0, Reverser).set_service_parent(application)\n"
+)
+
+
+@pytest.mark.parametrize("outcome", ["release", "die"])
+def test_a_stop_signal_during_a_take_over_stops_whichever_generation_serves_after(
+        tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess],
+        outcome: str) -> None:
+    (tmp_path / "held.py").write_text(HELD_TAKE_OVER_APP)
+    process = reverserd("run", "-y", "held.py")
+    port = process.wait_until_serving()
+    (tmp_path / "hold").touch()
+    process.signal(signal.SIGHUP)
+    wait_until((tmp_path / "held").exists, "the new generation to take over")
+    successor = int((tmp_path / "held").read_text())
+    process.signal(signal.SIGTERM)  # a supervisor's: it knows the first pid only
+    (tmp_path / outcome).touch()
+    assert process.wait() == 0
+    assert not is_alive(successor)
+    assert port_is_free(port)
+    log = "\n".join(process.log)
+    if outcome == "release":
+        assert f"passing SIGTERM, received during the take-over, on to pid {successor}" in log
+    else:
+        assert "reload failed" in log
+        assert f"passing SIGTERM, received during the take-over, on to pid {process.pid}" in log
+
+
 def test_a_sighup_while_starting_reloads_once_serving(
         tmp_path: pathlib.Path, reverserd: Callable[..., ReverserdProcess]) -> None:
     (tmp_path / "slow.py").write_text(SLOW_APP)
