@@ -55,6 +55,8 @@ system-deps:
 	@bash scripts/apt-ensure s6 sh -c 'command -v s6-supervise && command -v s6-svwait'
 	@bash scripts/apt-ensure supervisor sh -c 'command -v supervisord && command -v supervisorctl'
 	@bash scripts/apt-ensure logrotate sh -c 'command -v logrotate || test -x /usr/sbin/logrotate'
+	@# Debian's own Python, whose re may be older: tests/test_graphemes.py segments with it too
+	@bash scripts/apt-ensure python3 test -x /usr/bin/python3
 
 $(BIN)/python:
 	@bash scripts/apt-ensure python3-venv $(PYTHON) -c 'import ensurepip, venv'

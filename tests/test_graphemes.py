@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import pathlib
+import random
+import subprocess
+import sys
 
 import pytest
 import regex
@@ -151,3 +156,43 @@ def test_a_cr_before_an_lf_stays_on_its_own_side_when_text_is_reversed() -> None
 def test_long_runs_of_special_characters_reverse_as_the_rules_say(text: str) -> None:
     clean = without_crlf(text)
     assert reverse_text(clean) == reversed_by_rules(clean)
+
+
+# Debian's own Python (a Makefile prerequisite): its ``re`` may be older than
+# the one running the tests, and the patterns must segment alike under both.
+SYSTEM_PYTHON = pathlib.Path("/usr/bin/python3")
+SEGMENT_IN_ANOTHER_PYTHON = """
+import json, sys, types
+package = types.ModuleType("reverserd")
+package.__path__ = [sys.argv[1]]  # the module alone: the package's imports need a virtualenv
+sys.modules["reverserd"] = package
+from reverserd.graphemes import reverse_text
+print(sys.version.split()[0])
+print(json.dumps([reverse_text(text) for text in json.load(sys.stdin)]))
+"""
+
+
+def text_corpus(count: int, seed: int) -> list[str]:
+    """Short texts dense in every property's characters, the same on every run."""
+    chooser = random.Random(seed)
+    alphabet = sorted({*TRICKY, *PROPERTY_CHARACTERS, "\u0915", "\u094D", "\u0937", "\u093F",
+                       "\u1CF5", "\U0001F1EB", "\U0001F1F7"} - {"\r"})
+    return ["".join(chooser.choice(alphabet) for _ in range(chooser.randrange(1, 17)))
+            for _ in range(count)]
+
+
+def test_the_system_python_reverses_clusters_as_the_rules_say() -> None:
+    if not SYSTEM_PYTHON.exists():
+        if os.geteuid() == 0:
+            pytest.fail(f"{SYSTEM_PYTHON} is missing: run 'make test', which installs it")
+        pytest.skip(f"no {SYSTEM_PYTHON}")
+    corpus = ["\U0001F1EB\U0001F1F7", "x\U0001F1EB\U0001F1F7\U0001F1E9\U0001F1EAy",
+              *text_corpus(6000, seed=29)]
+    source = pathlib.Path(sys.modules["reverserd.graphemes"].__file__ or "").parent
+    finished = subprocess.run([str(SYSTEM_PYTHON), "-I", "-c", SEGMENT_IN_ANOTHER_PYTHON,
+                               str(source)], input=json.dumps(corpus), capture_output=True,
+                              text=True, timeout=120, check=True)
+    version, answers = finished.stdout.split("\n", 1)
+    wrong = [(text, answer) for text, answer in zip(corpus, json.loads(answers), strict=True)
+             if answer != reversed_by_rules(text)]
+    assert not wrong, f"Python {version}: {len(wrong)} wrong, first {wrong[0]!r}"

@@ -132,12 +132,22 @@ def member(ranges: Ranges) -> str:
     return f"(?:{_bmp_class(ranges)}|{astral})"
 
 
+def kept(item: str, quantifier: str = "*") -> str:
+    """``item`` repeated as ``quantifier`` says, and never given back.
+
+    An atomic group, not a possessive quantifier: those of Python before
+    3.11.5 (Debian 12's among them) can keep half of a repetition that failed,
+    so ``(?:ab)*+`` matched the ``a`` of ``ac`` (CPython gh-106052, gh-100061).
+    """
+    return f"(?>{item}{quantifier})"
+
+
 def run_of(ranges: Ranges) -> str:
     """As many characters of ``ranges`` as there are (never fewer), BMP ones at bitmap speed."""
-    bmp = f"{_bmp_class(ranges)}*+"
+    bmp = kept(_bmp_class(ranges))
     if not _astral(ranges):
         return bmp
-    return f"{bmp}(?:[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}{bmp})*+"
+    return bmp + kept(f"(?:[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}{bmp})")
 
 
 def _after(ranges: Ranges) -> str:
@@ -161,11 +171,11 @@ _MORE_AFTER_CONSONANT = f"{_LINKS_AHEAD}{_AFTER_CONSONANT}"  # at least one join
 _EMOJI_LINK = f"{member(ZWJ)}{run_of(tables.EXTEND)}{member(tables.EXTENDED_PICTOGRAPHIC)}"
 # GB12, GB13: regional indicators pair from the start of their run, which is
 # the end of the reversed run: after an odd one out, if any, in pairs.
-_AFTER_REGIONAL = f"(?:(?<={_RI}{_RI}){_RI}|(?=(?:{_RI}{_RI})*+(?!{_RI}))|{_RI})"
+_AFTER_REGIONAL = f"(?:(?<={_RI}{_RI}){_RI}|(?={kept(f'(?:{_RI}{_RI})')}(?!{_RI}))|{_RI})"
 # GB6-GB8, backwards: T* (V+ LV? | LV | LVT) L*, or L+, or T+.
-_AFTER_T = f"{_T}*+(?:(?:{_V}++{_LV}?|{_LV}|{_LVT}){_L}*+)?"
-_AFTER_V = f"{_V}*+{_LV}?{_L}*+"
-_AFTER_L = f"{_L}*+"
+_AFTER_T = f"{kept(_T)}(?:(?:{kept(_V, '+')}{_LV}?|{_LV}|{_LVT}){kept(_L)})?"
+_AFTER_V = f"{kept(_V)}{_LV}?{kept(_L)}"
+_AFTER_L = kept(_L)
 
 
 def _base(prepend: bool) -> str:
