@@ -47,6 +47,7 @@ from reverserd.pidfile import (
     Liveness,
     Owners,
     Process,
+    ReloadTurn,
     RunFiles,
     RunLock,
     describe_stale_pid,
@@ -499,6 +500,12 @@ def reload(config: Config) -> int:
     """Have the daemon start a new generation on its sockets, and wait until
     it serves; say why not if it cannot."""
     files = _run_files(config, privileges.resolve(config.user, config.group))
+    patience = config.start_timeout + handover.SUCCESSOR_GRACE
+    with ReloadTurn(files.lock, files.owners, patience):
+        return _reload(files, config, patience)
+
+
+def _reload(files: RunFiles, config: Config, patience: float) -> int:
     target = None
     if _inspect(files).liveness not in (Liveness.ABSENT, Liveness.STALE):
         target = _daemon(files, config.stop_timeout)
@@ -512,7 +519,6 @@ def reload(config: Config) -> int:
     previous = recorded.read(files)
     _record_changes(files, config, previous)
     asked = time.time()
-    patience = config.start_timeout + handover.SUCCESSOR_GRACE
     try:
         if config.chroot is not None:
             _start_successor(files, config, daemon.pid, patience)

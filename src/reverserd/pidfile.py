@@ -37,6 +37,7 @@ import os
 import pathlib
 import socket
 import stat
+import struct
 import time
 from typing import Any
 
@@ -52,6 +53,7 @@ STATE_BYTES = 1 << 20  # a state file names a few addresses and workers: far les
 PID_MAX_LIMIT = 4_194_304  # Linux never hands out a larger pid
 RELOAD_BACKLOG = 4
 HANDOVER_RETRIES = 50
+RELOAD_TURN_POLL = 0.05  # seconds between two tries of a reload waiting for its turn
 HANDOVER_PAUSE = 0.002  # seconds: a reload rewrites pidfile and state file within about 1 ms
 
 
@@ -308,6 +310,60 @@ class RunLock:
             os.close(self.fd)
             self.fd = -1
         self.directory.close()
+
+
+class ReloadTurn:
+    """One ``reload`` command at a time for a daemon.
+
+    A reload that comes while another is under way would be folded into
+    it, and the options it records would wait for the next. So each
+    ``reload`` command holds an open-file-description lock (``F_OFD_SETLK``)
+    on the lock file while it lasts: the daemon's ``flock`` and this lock
+    never conflict, and closing another descriptor of the file (as
+    ``inspect`` does) does not drop it, as it would a ``lockf``.
+    """
+
+    WHOLE_FILE = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # struct flock
+
+    def __init__(self, path: pathlib.Path, owners: Owners, patience: float) -> None:
+        self.fd = -1
+        try:
+            self.fd = os.open(path, os.O_RDWR | OPEN_FLAGS)
+            owners.check("lock file", path, os.fstat(self.fd))
+        except FileNotFoundError:
+            return  # nothing runs: no reload to wait for
+        except OSError as error:
+            self.close()
+            if error.errno == errno.ELOOP:
+                raise RunFileRefused("lock file", path, "it is a symbolic link") from None
+            raise UserError(f"cannot open {path}: {os_reason(error)}") from None
+        except BaseException:
+            self.close()
+            raise
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                fcntl.fcntl(self.fd, fcntl.F_OFD_SETLK, self.WHOLE_FILE)
+                return
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() > deadline:
+                self.close()
+                raise UserError(f"another reload has been under way for {patience:g} s; "
+                                "not reloading")
+            time.sleep(RELOAD_TURN_POLL)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> ReloadTurn:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 def lock_is_held(path: pathlib.Path, owners: Owners) -> bool:

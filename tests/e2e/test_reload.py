@@ -505,6 +505,43 @@ def test_a_reload_runs_the_application_file_as_it_is_now(generations: DaemonDire
         assert receive_exactly(kept, 9) == b"v2 after\n"
 
 
+SLOW_TO_LOAD = (
+    "import pathlib, time\n"
+    "from reverserd import Application, Reverser, listen\n"
+    "if pathlib.Path('slow').exists():\n"
+    "    time.sleep(1)  # a new generation still loading when the next reload comes\n"
+    "application = Application('slow')\n"
+    "listen('tcp:0', Reverser).set_service_parent(application)\n"
+)
+
+
+def test_a_reload_during_another_waits_for_it_then_applies_its_own_options(
+        generations: DaemonDirectory) -> None:
+    daemons = generations
+    (daemons.path / "app.py").write_text(SLOW_TO_LOAD)
+    started = daemons.run("start", "-y", "app.py")
+    match = STARTED.fullmatch(started.stdout.rstrip("\n"))
+    assert started.returncode == 0 and match, started
+    (daemons.path / "slow").touch()
+    first = subprocess.Popen([REVERSERD, "reload"], cwd=daemons.path, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: "received SIGHUP, reloading" in daemons.log(), "the first reload")
+        second = daemons.run("reload", "--logfile", "second.log")
+        out, err = first.communicate(timeout=DEADLINE)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    earlier = RELOADED.fullmatch(out)
+    assert first.returncode == 0 and earlier and not err, (out, err)
+    later = RELOADED.fullmatch(second.stdout)
+    assert second.returncode == 0 and later, second
+    assert later.group(1) == earlier.group(2)  # the generation the first reload started
+    assert f"took over from pid {earlier.group(2)}" in (daemons.path / "second.log").read_text()
+    assert daemons.pidfile.read_text() == f"{later.group(2)}\n"
+
+
 # --- the pidfile, start and stop during reloads -----------------------------------------
 
 
