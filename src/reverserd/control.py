@@ -492,6 +492,9 @@ def restart(config: Config) -> int:
         except OSError as error:
             raise UserError(f"cannot go back to {directory}, where the daemon was started: "
                             f"{os_reason(error)}") from None
+    account = launch.account_from_options(config)
+    privileges.ensure_directory(_run_files(config, account).pidfile.parent, account,
+                                "its pidfile and lock file")  # before the stop, not after
     stop(config)
     return start(config)
 
@@ -499,13 +502,15 @@ def restart(config: Config) -> int:
 def reload(config: Config) -> int:
     """Have the daemon start a new generation on its sockets, and wait until
     it serves; say why not if it cannot."""
-    files = _run_files(config, privileges.resolve(config.user, config.group))
+    account = privileges.resolve(config.user, config.group)
+    files = _run_files(config, account)
     patience = config.start_timeout + handover.SUCCESSOR_GRACE
     with ReloadTurn(files.lock, files.owners, patience):
-        return _reload(files, config, patience)
+        return _reload(files, config, account, patience)
 
 
-def _reload(files: RunFiles, config: Config, patience: float) -> int:
+def _reload(files: RunFiles, config: Config, account: Account | None,
+            patience: float) -> int:
     target = None
     if _inspect(files).liveness not in (Liveness.ABSENT, Liveness.STALE):
         target = _daemon(files, config.stop_timeout)
@@ -516,6 +521,13 @@ def _reload(files: RunFiles, config: Config, patience: float) -> int:
     if state is None or state.stopping:
         raise UserError(f"pid {daemon.pid} is {'stopping' if state else 'still starting'}; "
                         "not reloading")
+    try:  # the new generation writes the pidfile: say so now, not after the patience
+        privileges.ensure_directory(files.pidfile.parent,
+                                    privileges.account_of_process(process_uid(daemon.pid),
+                                                                  account),
+                                    "its pidfile and lock file")
+    except UserError as error:
+        raise UserError(f"reload failed: {error}; pid {daemon.pid} serves on") from None
     previous = recorded.read(files)
     _record_changes(files, config, previous)
     asked = time.time()

@@ -126,6 +126,17 @@ def writable_by(path: pathlib.Path, account: Account) -> bool:
     return bits & 0o3 == 0o3
 
 
+def account_of_process(uid: int | None, account: Account | None) -> Account | None:
+    """Who a running daemon is: ``account`` if the options name one, else the
+    owner of its process (``uid``) when that is someone other than us."""
+    if account is not None or uid is None or uid == os.geteuid():
+        return account
+    try:
+        return resolve(uid, None)
+    except UserError:  # a uid without a passwd entry: its groups are unknown
+        return None
+
+
 def ensure_directory(path: pathlib.Path, account: Account | None, purpose: str) -> None:
     """Make sure the daemon, as ``account``, can use ``path`` for ``purpose``.
 
@@ -133,6 +144,9 @@ def ensure_directory(path: pathlib.Path, account: Account | None, purpose: str) 
     exist); an existing one it cannot write is refused, by name.
     """
     if account is None:
+        if path.is_dir() and not os.access(path, os.W_OK | os.X_OK, effective_ids=True):
+            raise UserError(f"directory {path} is not writable by the user running reverserd;"
+                            f" the daemon needs it for {purpose}")
         return
     if not path.exists():
         try:

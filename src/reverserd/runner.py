@@ -86,7 +86,11 @@ def take_over(successor: Succeeding, claim: Claim | None, application: Applicati
                         "not taking over")
     if claim is not None:
         claim.predecessor = successor.offer.predecessor
-        claim.take_over()
+        try:
+            claim.take_over()
+        except OSError as error:
+            raise UserError(f"cannot write the pidfile {claim.files.pidfile}: "
+                            f"{os_reason(error)}") from None
     for server in listening_services(application):
         server.take_ownership()
     log.info("took over from pid %d", successor.offer.predecessor)
@@ -146,7 +150,12 @@ def run(application: Application, claim: Claim | None = None,
     def take_over_and_say_so() -> None:
         assert successor is not None
         take_over(successor, claim, application)
-        write_state()
+        try:
+            write_state()
+        except OSError as error:
+            assert claim is not None
+            raise UserError(f"cannot write the state file {claim.files.state}: "
+                            f"{os_reason(error)}") from None
 
     def write_state() -> None:
         if claim is not None:

@@ -314,6 +314,34 @@ def test_a_daemon_running_as_nobody_reloads_on_the_port_it_bound_as_root(
     assert reverserd_processes_in(daemons.path, below=True, also=program) == []
 
 
+@needs_root
+def test_a_pidfile_directory_the_daemon_cannot_write_fails_reload_and_restart_at_once(
+        reachable: DaemonDirectory) -> None:
+    """Not after the whole start timeout, and never by stopping the daemon first."""
+    daemons = reachable
+    files = ("--pidfile", str(daemons.path / "run" / "reverserd.pid"))
+    started = daemons.run("start", "--port", "0", "--user", "nobody", *files,
+                          "--logfile", str(daemons.path / "logs" / "reverserd.log"))
+    match = STARTED.fullmatch(started.stdout.rstrip("\n"))
+    assert started.returncode == 0 and match, started
+    pid, port = int(match.group(1)), int(match.group(2))
+    (daemons.path / "run").chmod(0o555)
+    try:
+        refused = (f"directory {daemons.path / 'run'} is not writable by user nobody, "
+                   "which the daemon runs as; it needs it for its pidfile and lock file")
+        reloading = daemons.run("reload", *files, timeout=5)
+        assert (reloading.returncode, reloading.stdout) == (1, ""), reloading
+        assert reloading.stderr == f"reverserd: reload failed: {refused}; pid {pid} serves on\n"
+        restarting = daemons.run("restart", *files, timeout=5)
+        assert (restarting.returncode, restarting.stdout) == (1, ""), restarting
+        assert restarting.stderr == f"reverserd: {refused}\n"
+        assert is_alive(pid)
+        assert exchange(port, b"untouched") == b"dehcuotnu\n"
+    finally:
+        (daemons.path / "run").chmod(0o755)
+    assert daemons.run("stop", *files).returncode == 0
+
+
 # --- a chroot -------------------------------------------------------------------------
 
 
