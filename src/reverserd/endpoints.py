@@ -264,7 +264,8 @@ class UnixEndpoint(Endpoint):
 
     def adopt(self, sock: socket.socket) -> socket.socket:
         """Take on removing the socket file at stop, as its binder would: the
-        file at the path now is the one the socket was bound to."""
+        file at the path now is the one the socket was bound to. Its mode
+        becomes the one asked for now (a reload may have changed it)."""
         try:
             directory = os.open(self.path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
@@ -274,6 +275,13 @@ class UnixEndpoint(Endpoint):
         except OSError:
             os.close(directory)  # removed meanwhile: nothing left to remove at stop
             return sock
+        if stat.S_ISSOCK(status.st_mode) and stat.S_IMODE(status.st_mode) != self.mode:
+            try:
+                os.chmod(self.path.name, self.mode, dir_fd=directory)
+            except OSError as error:
+                os.close(directory)
+                raise UserError(f"cannot set the mode of {self.path} to {self.mode:o}: "
+                                f"{os_reason(error)}") from None
         self._bound.append((directory, (status.st_dev, status.st_ino)))
         return sock
 

@@ -14,7 +14,7 @@ queueing clients throughout, and the lock is never free. Then::
     predecessor -> successor   {"take": true}      the predecessor stops writing run files
                                {"take": false}     ... or refuses: it is stopping
     successor                  replaces the pidfile and state file, accepts
-    successor -> predecessor   {"taken": N}
+    successor -> predecessor   {"taken": N, "kept": [...]}   and the listeners it kept
 
 and only then does the predecessor stop accepting. It passes on each of its
 connections once every reply is sent (the start of a line read and not yet
@@ -161,6 +161,7 @@ class Offer:
     state_file: str | None = None  # with --save: the application as it was at the reload
     activated: list[InheritedSocket] = dataclasses.field(default_factory=list)
     reload_socket: socket.socket | None = None
+    kept: set[str] = dataclasses.field(default_factory=set)  # keys of those taken, slot 0
 
     def take_socket(self, slot: int, key: str) -> socket.socket | None:
         """The socket passed for ``key`` in worker slot ``slot``, once: bound for
@@ -170,6 +171,8 @@ class Offer:
             for passed, sockets in self.sockets.items():
                 if passed.slot == slot and sockets \
                         and (passed.bound_key if by_bound_address else passed.key) == key:
+                    if slot == 0:
+                        self.kept.add(passed.key)
                     return sockets.pop(0)
         return None
 
@@ -215,7 +218,7 @@ class Succeeding:
         """Tell the predecessor this generation accepts and owns the run files;
         whether it heard (and will pass its connections on)."""
         try:
-            _send(self.channel, {"taken": os.getpid()})
+            _send(self.channel, {"taken": os.getpid(), "kept": sorted(self.offer.kept)})
         except OSError:
             self.close()  # gone already: nothing of its own is left to hand over
             return False
@@ -364,6 +367,7 @@ class Outcome:
     successor: int | None = None
     failure: str = ""
     taken: bool = False
+    kept: frozenset[str] | None = None  # the listeners taken over (by key); None: all
 
 
 class Succession:
@@ -450,7 +454,11 @@ class Succession:
                     self.successor = message["serving"]
                     self.outcome = Outcome(successor=self.successor)
                 elif isinstance(message.get("taken"), int):
-                    self.outcome = Outcome(successor=self.successor, taken=True)
+                    kept = message.get("kept")
+                    self.outcome = Outcome(
+                        successor=self.successor, taken=True,
+                        kept=frozenset(str(key) for key in kept)
+                        if isinstance(kept, list) else None)
                 elif isinstance(message.get("failed"), str):
                     self._failed(message["failed"])
         except HandoverError:

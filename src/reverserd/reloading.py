@@ -282,7 +282,8 @@ class Reload:
             succession.answer(True)
             return None
         for server in listening_services(self.application):
-            server.disown()
+            if step.kept is None or socket_key(server) in step.kept:
+                server.disown()  # a listener dropped by the reload keeps its file to remove
         self.supervision.hand_over(step.successor)
         if self.reloader.keeper_fd is not None:
             name_successor(self.reloader.keeper_fd, step.successor)

@@ -690,6 +690,28 @@ def test_a_unix_socket_listener_survives_reloads(generations: DaemonDirectory) -
     assert reverserd_processes_in(daemons.path) == []
 
 
+def test_a_reload_applies_a_unix_socket_s_new_mode_and_removes_a_dropped_one(
+        generations: DaemonDirectory) -> None:
+    daemons = generations
+    kept, dropped = daemons.path / "kept.sock", daemons.path / "dropped.sock"
+    started = daemons.run("start", "--listen", f"unix:{kept}", "--listen", f"unix:{dropped}")
+    assert started.returncode == 0, started
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o660
+    inode = kept.stat().st_ino
+    result = daemons.run("reload", "--listen", f"unix:{kept}:mode=600")
+    match = RELOADED.fullmatch(result.stdout)
+    assert result.returncode == 0 and match, result
+    old, new = int(match.group(1)), int(match.group(2))
+    wait_until_dead(old)
+    assert kept.stat().st_ino == inode and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert not dropped.exists()  # the old generation, which alone served it, removed it
+    with connect_unix(kept) as sock:
+        sock.sendall(b"still here\nquit\n")
+        assert receive_until_closed(sock) == b"ereh llits\n"
+    daemons.stop()
+    assert not kept.exists()
+
+
 def test_a_reload_serves_the_replaced_tls_certificate(generations: DaemonDirectory) -> None:
     daemons = generations
     first = make_certificate(daemons.path / "first")
