@@ -96,3 +96,21 @@ def test_tls_takes_1_2_or_later_in_the_server_s_cipher_order(tmp_path: pathlib.P
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
     assert context.options & ssl.OP_CIPHER_SERVER_PREFERENCE
     assert context.options & ssl.OP_NO_COMPRESSION
+
+
+@pytest.mark.parametrize("key", ["garbage", "another's"])
+def test_a_key_tls_cannot_use_is_named_as_given_with_a_reason_in_words(
+        tmp_path: pathlib.Path, key: str) -> None:
+    mine = make_certificate(tmp_path / "Mine")
+    unusable = tmp_path / "Mine" / "Unusable.pem"
+    if key == "garbage":
+        unusable.write_text("not a key\n")
+        reason = "it is not an unencrypted private key in PEM form"
+    else:
+        unusable.write_bytes(make_certificate(tmp_path / "Theirs").key.read_bytes())
+        reason = "the key is not the certificate's"
+    endpoint = TLSEndpoint(TCPEndpoint(0), unusable, mine.cert)
+    with pytest.raises(UserError) as refused:
+        endpoint.bind(8, reuse_port=False)
+    assert str(refused.value) == (f"cannot use the key {unusable} with the certificate "
+                                  f"{mine.cert}: {reason}")

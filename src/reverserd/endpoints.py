@@ -289,6 +289,15 @@ class UnixEndpoint(Endpoint):
         return ("unix", os.path.normpath(self.path))
 
 
+def _tls_reason(error: ssl.SSLError) -> str:
+    """OpenSSL's reason for refusing a key, as words: its own are codes."""
+    if error.reason == "KEY_VALUES_MISMATCH":
+        return "the key is not the certificate's"
+    if error.reason is None and "PEM lib" in str(error):
+        return "it is not an unencrypted private key in PEM form"
+    return str(error.reason or error).replace("_", " ").lower()
+
+
 @dataclasses.dataclass(frozen=True)
 class TLSEndpoint(Endpoint):
     """TCP with TLS 1.2 or later; key and certificates are read at ``bind``,
@@ -349,7 +358,7 @@ class TLSEndpoint(Endpoint):
                             "is read before root is given up)") from None
         except ssl.SSLError as error:
             raise UserError(f"cannot use the key {self.private_key} with the certificate "
-                            f"{certificate_file}: {error.reason or error}".lower()) from None
+                            f"{certificate_file}: {_tls_reason(error)}") from None
         return context
 
     def replica(self, sock: socket.socket, backlog: int) -> socket.socket:

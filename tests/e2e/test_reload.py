@@ -701,8 +701,8 @@ def test_a_reload_applies_a_unix_socket_s_new_mode_and_removes_a_dropped_one(
     result = daemons.run("reload", "--listen", f"unix:{kept}:mode=600")
     match = RELOADED.fullmatch(result.stdout)
     assert result.returncode == 0 and match, result
-    old, new = int(match.group(1)), int(match.group(2))
-    wait_until_dead(old)
+    wait_until_dead(int(match.group(1)))
+    assert daemons.pidfile.read_text() == f"{match.group(2)}\n"
     assert kept.stat().st_ino == inode and stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert not dropped.exists()  # the old generation, which alone served it, removed it
     with connect_unix(kept) as sock:
