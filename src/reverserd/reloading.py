@@ -308,7 +308,7 @@ class Reload:
         log.error("reload failed: %s%s", reason,
                   "" if stopping else f"; pid {os.getpid()} serves on")
         self.supervision.reload_failed(reason)
-        if self.claim is not None:
+        if self.claim is not None and not stopping:  # else reload says the daemon stopped
             self.claim.reload_failure = (time.time(), reason)
         self._resend_deferred(os.getpid())
         return Outcome(failure=reason)

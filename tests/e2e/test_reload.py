@@ -618,6 +618,9 @@ def test_stop_during_a_reload_leaves_nothing_running(generations: DaemonDirector
         "    async def start_service(self):\n"
         "        await super().start_service()\n"
         "        await asyncio.sleep(1.5)\n"
+        "    async def stop_service(self):\n"
+        "        await asyncio.sleep(1)  # the old generation, still there as reload looks\n"
+        "        await super().stop_service()\n"
         "application = Application('slow')\n"
         "TCPServer(0, Reverser).set_service_parent(application)\n"
         "Slow().set_service_parent(application)\n"
@@ -654,6 +657,7 @@ def test_stop_during_a_reload_leaves_nothing_running(generations: DaemonDirector
             reloading.communicate()
     assert reloading.returncode == 1 and re.fullmatch(r"reverserd: .+\n", reload_error), (
         reloading.returncode, reload_error)
+    assert "serves on" not in reload_error, reload_error
     assert reverserd_processes_in(daemons.path) == []
 
 
