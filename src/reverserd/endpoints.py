@@ -126,7 +126,11 @@ class TCPEndpoint(Endpoint):
 
     def replica(self, sock: socket.socket, backlog: int) -> socket.socket:
         """A socket of its own on the same port (``SO_REUSEPORT``): the kernel
-        spreads new connections over the workers."""
+        spreads new connections over the workers. One bound without it (by
+        a generation without workers, which a reload gave workers) bars any
+        other on its port: the workers share it."""
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+            return sock.dup()
         return bind_tcp(self.interface, sock.getsockname()[1], self.backlog or backlog, True,
                         self.ipv6_only)
 

@@ -203,6 +203,23 @@ def test_workers_are_replaced_by_a_new_set_while_clients_keep_connecting(
     assert exchange(daemon.port, b"last") == b"tsal\n"
 
 
+def test_a_reload_gives_workers_to_a_daemon_that_had_none_and_takes_them_back(
+        generations: DaemonDirectory) -> None:
+    daemons = generations
+    daemon = daemons.start()
+    assert workers_of(daemons) == {}
+    result = daemons.run("reload", "--workers", "2")
+    assert result.returncode == 0 and RELOADED.fullmatch(result.stdout), result
+    main = int(daemons.pidfile.read_text())
+    workers = workers_of(daemons)
+    assert sorted(workers) == [1, 2] and all(parent_of(pid) == main for pid, _ in workers.values())
+    for number in range(6):
+        assert exchange(daemon.port, f"line {number}".encode()) == f"{number} enil\n".encode()
+    result = daemons.run("reload", "--workers", "1")
+    assert result.returncode == 0 and RELOADED.fullmatch(result.stdout), result
+    assert exchange(daemon.port, b"back to one") == b"eno ot kcab\n"
+
+
 # --- giving up root -------------------------------------------------------------------
 
 LAUNCHER = """#!{python}
