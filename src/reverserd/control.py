@@ -71,6 +71,7 @@ POLL_INTERVAL = 0.01
 MAX_GENERATIONS = 3  # stopped by one stop: a reload under way, and one more for good measure
 DEATH_PATIENCE = 5.0
 REFRESH_PATIENCE = 1.0
+VERDICT_GRACE = 2.0  # seconds past a reload's deadline for the daemon to write why it failed
 
 
 def say(message: str) -> None:
@@ -589,6 +590,9 @@ def _await_successor(files: RunFiles, daemon: Process, asked: float, patience: f
     while time.monotonic() < deadline:
         found = _inspect(files)
         state = found.state
+        if state is not None and state.pid == daemon.pid and state.reload_deadline:
+            deadline = max(deadline, time.monotonic() + state.reload_deadline - time.time()
+                           + VERDICT_GRACE)  # the daemon gives up later: wait for its word
         if found.pid is not None and found.pid != daemon.pid and state is not None \
                 and state.pid == found.pid and found.liveness is Liveness.RUNNING \
                 and state.predecessor != daemon.pid:  # the old one accepts no more
@@ -599,7 +603,7 @@ def _await_successor(files: RunFiles, daemon: Process, asked: float, patience: f
                 and found.liveness in (Liveness.ABSENT, Liveness.STALE):
             raise UserError(f"pid {daemon.pid} stopped during the reload")
         time.sleep(POLL_INTERVAL)
-    raise UserError(f"no new generation took over within {patience:g} s")
+    raise UserError(f"reload failed: no new generation took over within {patience:g} s")
 
 
 def run_foreground(config: Config) -> int:

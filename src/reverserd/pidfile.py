@@ -435,6 +435,8 @@ class DaemonState:
     ``reload_error`` is why the last reload failed, at ``reload_failed_at``
     (what ``reload`` waits for besides a new pid); ``predecessor`` is the
     generation this one took over from, while that one may still accept.
+    ``reload_deadline`` is when a reload under way is given up, so that
+    ``reload`` waits for the daemon's verdict however long it allows.
     """
 
     pid: int
@@ -451,6 +453,7 @@ class DaemonState:
     reload_error: str = ""
     reload_failed_at: float = 0.0
     predecessor: int = 0
+    reload_deadline: float = 0.0
 
     def uptime(self) -> float:
         return max(0.0, time.time() - self.started)
@@ -487,7 +490,8 @@ def _state_from(fields: Any) -> DaemonState:
                        int(fields.get("reloads", 0)),
                        _text(fields.get("reload_error", "")),
                        _moment(fields.get("reload_failed_at", 0.0)),
-                       int(fields.get("predecessor", 0)))
+                       int(fields.get("predecessor", 0)),
+                       _moment(fields.get("reload_deadline", 0.0)))
 
 
 def _activity_from(fields: Any) -> Activity:
@@ -678,6 +682,7 @@ class Claim:
         self.lock = lock
         self.reloads = reloads
         self.reload_failure: tuple[float, str] = (0.0, "")
+        self.reload_deadline = 0.0  # while a reload is under way
         self.owns_files = True  # False once handed over, or until a new generation takes over
         self.reload_socket: socket.socket | None = None
         self.predecessor = 0  # while the generation this one took over from still accepts
@@ -784,7 +789,7 @@ class Claim:
         state = DaemonState(os.getpid(), self._serving_since, addresses, lines_served, now,
                             workers, dict(closed or {}), paused, stopping,
                             activity or Activity(), self.reloads, self.reload_failure[1],
-                            self.reload_failure[0], self.predecessor)
+                            self.reload_failure[0], self.predecessor, self.reload_deadline)
         self.directory.write_atomically(self.files.state.name, state.to_json())
 
     def release(self) -> None:

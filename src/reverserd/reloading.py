@@ -207,6 +207,9 @@ class Reload:
             if requested is not None:
                 requested.close()
             return self._failed(str(error))
+        if self.claim is not None:
+            self.claim.reload_deadline = time.time() + self.reloader.start_timeout \
+                + SUCCESSOR_GRACE
         if self.succession.launcher_pid is not None:
             log.info("new generation starting (launcher pid %d)", self.succession.launcher_pid)
         return None
@@ -299,6 +302,8 @@ class Reload:
 
     def _failed(self, reason: str, stopping: bool = False) -> Outcome:
         self.succession = None
+        if self.claim is not None:
+            self.claim.reload_deadline = 0.0
         let_in, self.letting_in = self.letting_in, False
         if let_in and self.claim is not None:
             try:

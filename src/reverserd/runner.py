@@ -384,6 +384,8 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
             return
         reopen_log(RELOAD_SIGNAL, quiet=True)
         settled(reload.request())
+        if reload.under_way:
+            refresh()  # with the reload's deadline, which reload waits for
         poll_reload()
 
     def poll_reload() -> None:
@@ -425,6 +427,8 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
             requested.close()  # the reload command is told by the channel closing
             return
         settled(reload.request(requested))
+        if reload.under_way:
+            refresh()
         poll_reload()
 
     def on_keeper_gone() -> None:

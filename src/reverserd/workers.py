@@ -284,7 +284,8 @@ class Supervisor:
         if requested is not None:
             if self.stopping or not self.announced:
                 requested.close()
-            elif self.reload.request(requested) is not None:
+            else:
+                self.reload.request(requested)
                 self._write_state()
         outcome = self.reload.poll(self.stopping)
         if outcome is not None and outcome.successor is None:
@@ -354,9 +355,9 @@ class Supervisor:
                 self._counted()
             return
         runner.reopen_log(signals.RELOAD_SIGNAL, quiet=True)
-        if self.reload.request() is not None:
-            self._write_state()
-        else:
+        failed = self.reload.request() is not None
+        self._write_state()  # why it failed, or when it is given up
+        if not failed:
             self._forward(signals.REOPEN_SIGNALS[0])  # the workers' logs, reopened too
 
     def _counted(self) -> None:

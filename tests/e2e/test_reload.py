@@ -430,6 +430,10 @@ BREAKAGES = {
         "Stuck().set_service_parent(application)\n",
         r".*not serving after 2 s.*",
         ("--start-timeout", "2")),
+    "load-hangs": Breakage(  # given up by the daemon, which reload waits for
+        "import time\ntime.sleep(3600)\n",
+        r"the new generation was not serving in time; killed it",
+        ("--start-timeout", "1")),
 }
 
 
