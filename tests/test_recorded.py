@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import stat
 from collections.abc import Iterator
 
@@ -118,8 +119,11 @@ def test_an_empty_record_reads_as_no_layers(directory: DirectoryHandle,
 def test_a_damaged_record_is_an_error_naming_the_file(files: RunFiles,
                                                       content: bytes) -> None:
     files.options.write_bytes(content)
-    with pytest.raises(UserError, match=f"^cannot use {files.options}: "):
+    with pytest.raises(UserError, match=f"^cannot use {files.options}: ") as refused:
         recorded.read(files)
+    reason = str(refused.value).removeprefix(f"cannot use {files.options}: ")
+    assert reason.endswith(" (remove it to start afresh)")
+    assert not re.search(r"object|indices|subscriptable|^'", reason), reason  # no Python words
 
 
 def test_a_record_over_its_size_limit_is_refused_even_when_well_formed(

@@ -43,8 +43,10 @@ class Layer:
 
     @classmethod
     def from_json(cls, fields: Any) -> Layer:
-        arguments = fields["arguments"]
-        directory = fields["directory"]
+        if not isinstance(fields, dict):
+            raise ValueError("not a command line")
+        arguments = fields.get("arguments")
+        directory = fields.get("directory")
         if not isinstance(arguments, list) or len(arguments) > MAX_ARGUMENTS \
                 or not all(isinstance(argument, str) for argument in arguments) \
                 or not isinstance(directory, str) or not os.path.isabs(directory):
@@ -77,12 +79,27 @@ def read(files: RunFiles, directory: DirectoryHandle | None = None) -> tuple[Lay
     if content is None:
         return ()
     try:
-        if len(content) > OPTIONS_BYTES:
-            raise ValueError("too large")
-        return layers_from_json(json.loads(content)["layers"])
-    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        return _layers_of(content)
+    except ValueError as error:
         raise UserError(f"cannot use {files.options}: {error} (remove it to start afresh)"
                         ) from None
+
+
+def _layers_of(content: bytes) -> tuple[Layer, ...]:
+    """The layers of a record; ``ValueError`` with a reason a user can read."""
+    if len(content) > OPTIONS_BYTES:
+        raise ValueError("too large")
+    try:
+        record = json.loads(content.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error.msg.lower()} at line {error.lineno})") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if not isinstance(record, dict) or "layers" not in record:
+        raise ValueError("not a record of options")
+    return layers_from_json(record["layers"])
 
 
 def write(files: RunFiles, layers: Sequence[Layer],
