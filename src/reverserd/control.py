@@ -176,11 +176,12 @@ def _report_start(files: RunFiles, report: detach.Report, config: Config) -> int
         _clean_up_after_death(files)
     if report.outcome is detach.Outcome.FAILED:
         raise UserError(report.message)
+    who = "the daemon" if config.successor is None else "the new generation"
     if report.outcome is detach.Outcome.TIMED_OUT:
-        raise UserError(f"the daemon (pid {pid}) was not serving after "
+        raise UserError(f"{who} (pid {pid}) was not serving after "
                         f"{config.start_timeout:g} s; killed it")
     log_hint = f"; its log may say why: {config.daemon_logfile}" if config.daemon_logfile else ""
-    raise UserError(f"the daemon (pid {pid}) died during start-up without a word{log_hint}")
+    raise UserError(f"{who} (pid {pid}) died during start-up without a word{log_hint}")
 
 
 def _clean_up_after_death(files: RunFiles) -> None:

@@ -428,7 +428,7 @@ BREAKAGES = {
         "application = Application('good')\n"
         "TCPServer(0, Reverser).set_service_parent(application)\n"
         "Stuck().set_service_parent(application)\n",
-        r".*not serving after 2 s.*",
+        r"the new generation \(pid \d+\) was not serving after 2 s; killed it",
         ("--start-timeout", "2")),
     "load-hangs": Breakage(  # given up by the daemon, which reload waits for
         "import time\ntime.sleep(3600)\n",
