@@ -93,7 +93,7 @@ def start(config: Config) -> int:
     files = _run_files(config, account)
     umask = DEFAULT_UMASK if config.umask is None else config.umask
     os.umask(umask)
-    privileges.ensure_directory(files.pidfile.parent, account, "its pidfile and lock file")
+    privileges.ensure_pidfile_directory(files.pidfile.parent, account)
     _warn_if_shared(files.pidfile.parent, account)
     files.check_usable()
     if config.successor is not None:
@@ -495,8 +495,8 @@ def restart(config: Config) -> int:
             raise UserError(f"cannot go back to {directory}, where the daemon was started: "
                             f"{os_reason(error)}") from None
     account = launch.account_from_options(config)
-    privileges.ensure_directory(_run_files(config, account).pidfile.parent, account,
-                                "its pidfile and lock file")  # before the stop, not after
+    privileges.ensure_pidfile_directory(_run_files(config, account).pidfile.parent,
+                                        account)  # before the stop, not after
     stop(config)
     return start(config)
 
@@ -524,10 +524,9 @@ def _reload(files: RunFiles, config: Config, account: Account | None,
         raise UserError(f"pid {daemon.pid} is {'stopping' if state else 'still starting'}; "
                         "not reloading")
     try:  # the new generation writes the pidfile: say so now, not after the patience
-        privileges.ensure_directory(files.pidfile.parent,
-                                    privileges.account_of_process(process_uid(daemon.pid),
-                                                                  account),
-                                    "its pidfile and lock file")
+        privileges.ensure_pidfile_directory(
+            files.pidfile.parent, privileges.account_of_process(process_uid(daemon.pid),
+                                                                account))
     except UserError as error:
         raise UserError(f"reload failed: {error}; pid {daemon.pid} serves on") from None
     previous = recorded.read(files)
@@ -620,7 +619,7 @@ def run_foreground(config: Config) -> int:
     claim = None
     if config.pidfile is not None:
         files = _run_files(config, account)
-        privileges.ensure_directory(files.pidfile.parent, account, "its pidfile and lock file")
+        privileges.ensure_pidfile_directory(files.pidfile.parent, account)
         _warn_if_shared(files.pidfile.parent, account)
         files.check_usable()
         if config.successor is not None:

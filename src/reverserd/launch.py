@@ -181,8 +181,7 @@ def _hand_over_run_files(claim: Claim | None, account: Account) -> None:
     if log_file is not None and log_file.discards:
         log_file = None  # /dev/null: nothing to keep writable, nothing to give away
     if claim is not None:
-        privileges.ensure_directory(claim.files.pidfile.parent, account,
-                                    "its pidfile and lock file")
+        privileges.ensure_pidfile_directory(claim.files.pidfile.parent, account)
     if log_file is not None:
         privileges.ensure_directory(log_file.directory.path, account, "its log file")
     if account.is_current():

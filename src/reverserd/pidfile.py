@@ -347,7 +347,7 @@ class ReloadTurn:
                 return
             except OSError as error:
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
+                    return  # a file system without such locks: reloads go unqueued
             if time.monotonic() > deadline:
                 self.close()
                 raise UserError(f"another reload has been under way for {patience:g} s; "

@@ -137,6 +137,16 @@ def account_of_process(uid: int | None, account: Account | None) -> Account | No
         return None
 
 
+def ensure_pidfile_directory(path: pathlib.Path, account: Account | None) -> None:
+    """``ensure_directory`` for the pidfile's, even for the current user: the
+    run files are replaced by renaming, which needs the directory writable."""
+    if account is None and path.is_dir() and not os.access(path, os.W_OK | os.X_OK,
+                                                           effective_ids=True):
+        raise UserError(f"directory {path} is not writable by the user running reverserd; "
+                        "the daemon needs it for its pidfile and lock file")
+    ensure_directory(path, account, "its pidfile and lock file")
+
+
 def ensure_directory(path: pathlib.Path, account: Account | None, purpose: str) -> None:
     """Make sure the daemon, as ``account``, can use ``path`` for ``purpose``.
 
@@ -144,9 +154,6 @@ def ensure_directory(path: pathlib.Path, account: Account | None, purpose: str) 
     exist); an existing one it cannot write is refused, by name.
     """
     if account is None:
-        if path.is_dir() and not os.access(path, os.W_OK | os.X_OK, effective_ids=True):
-            raise UserError(f"directory {path} is not writable by the user running reverserd;"
-                            f" the daemon needs it for {purpose}")
         return
     if not path.exists():
         try:
