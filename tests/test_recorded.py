@@ -7,7 +7,6 @@ import json
 import os
 import pathlib
 import re
-import stat
 from collections.abc import Iterator
 
 import pytest
@@ -66,23 +65,6 @@ def test_a_new_record_replaces_the_old_one_and_leaves_no_temporary_file(
     recorded.write(files, [layer(tmp_path, "start", "--port", "2")], directory)
     assert recorded.read(files) == (layer(tmp_path, "start", "--port", "2"),)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["reverserd.pid.options"]
-
-
-def test_a_replaced_record_keeps_the_mode_the_daemon_gave_it(
-        tmp_path: pathlib.Path, files: RunFiles) -> None:
-    umask = os.umask(0o077)
-    try:
-        recorded.write(files, [layer(tmp_path, "start", "--port", "1")])
-    finally:
-        os.umask(umask)
-    assert stat.S_IMODE(files.options.stat().st_mode) == 0o600
-    umask = os.umask(0o022)  # a reload from an operator's shell
-    try:
-        recorded.write(files, [layer(tmp_path, "start", "--port", "2")])
-    finally:
-        os.umask(umask)
-    assert stat.S_IMODE(files.options.stat().st_mode) == 0o600
-    assert recorded.read(files) == (layer(tmp_path, "start", "--port", "2"),)
 
 
 def test_no_record_reads_as_no_layers(files: RunFiles) -> None:

@@ -13,7 +13,6 @@ import errno
 import os
 import pathlib
 import secrets
-import stat
 
 TEMPORARY_NAME_TRIES = 100
 
@@ -45,11 +44,9 @@ class DirectoryHandle:
         except FileNotFoundError:
             return None
 
-    def write_atomically(self, name: str, data: bytes,
-                         like: os.stat_result | None = None) -> None:
+    def write_atomically(self, name: str, data: bytes) -> None:
         """Write to a temporary file, then rename it: readers, and a crash,
-        see the old file or the new one, never half of one. With ``like``,
-        the new file gets its mode, and its owner when root writes it.
+        see the old file or the new one, never half of one.
 
         The temporary file is created exclusively under a name nobody can
         guess: in a shared directory such as /tmp, a file another user made
@@ -58,10 +55,6 @@ class DirectoryHandle:
         """
         fd, temporary = self._create_temporary(name)
         try:
-            if like is not None:
-                os.fchmod(fd, stat.S_IMODE(like.st_mode))
-                if os.geteuid() == 0:
-                    os.fchown(fd, like.st_uid, like.st_gid)
             with os.fdopen(fd, "wb") as stream:
                 stream.write(data)
                 stream.flush()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,10 +114,7 @@ def write(files: RunFiles, layers: Sequence[Layer],
     try:
         handle = directory or DirectoryHandle(files.pidfile.parent)
         try:
-            existing = handle.lstat(files.options.name)
-            if existing is not None and not stat.S_ISREG(existing.st_mode):
-                existing = None
-            handle.write_atomically(files.options.name, data, like=existing)  # mode, owner
+            handle.write_atomically(files.options.name, data)
         finally:
             if directory is None:
                 handle.close()
