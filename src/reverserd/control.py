@@ -127,7 +127,7 @@ def start(config: Config) -> int:
     prepared.close()
     supervision.close()  # the daemon has its own copies
     return _report_start(files, detach.await_report(spawned, config.start_timeout),
-                         config)
+                         config, account)
 
 
 def _serve_as_daemon(prepared: launch.Launch, claim: Claim,
@@ -159,13 +159,14 @@ def _inherited_claim(files: RunFiles, config: Config) -> Claim:
     return claim
 
 
-def _report_start(files: RunFiles, report: detach.Report, config: Config) -> int:
+def _report_start(files: RunFiles, report: detach.Report, config: Config,
+                  account: Account | None) -> int:
     pid = "?" if report.pid is None else str(report.pid)
     if report.outcome is detach.Outcome.READY:
         say(f"started: pid {pid}{_listening(report.addresses)}")
         if config.successor is None:
             try:
-                recorded.write(files, config.layers)
+                recorded.write(files, config.layers, reader=account)
             except UserError as error:
                 warn(f"warning: {error}; restart and reload will not know the options "
                      "given now")
@@ -523,14 +524,13 @@ def _reload(files: RunFiles, config: Config, account: Account | None,
     if state is None or state.stopping:
         raise UserError(f"pid {daemon.pid} is {'stopping' if state else 'still starting'}; "
                         "not reloading")
+    account = privileges.account_of_process(process_uid(daemon.pid), account)
     try:  # the new generation writes the pidfile: say so now, not after the patience
-        privileges.ensure_pidfile_directory(
-            files.pidfile.parent, privileges.account_of_process(process_uid(daemon.pid),
-                                                                account))
+        privileges.ensure_pidfile_directory(files.pidfile.parent, account)
     except UserError as error:
         raise UserError(f"reload failed: {error}; pid {daemon.pid} serves on") from None
     previous = recorded.read(files)
-    _record_changes(files, config, previous)
+    _record_changes(files, config, previous, account)
     asked = time.time()
     try:
         if config.chroot is not None:
@@ -540,7 +540,7 @@ def _reload(files: RunFiles, config: Config, account: Account | None,
             raise UserError(f"pid {daemon.pid} exited before the reload")
         successor = _await_successor(files, daemon, asked, patience)
     except BaseException:
-        _record_changes(files, config, previous, undo=True)
+        _record_changes(files, config, previous, account, undo=True)
         raise
     say(f"reloaded: pid {daemon.pid} \N{RIGHTWARDS ARROW} {successor}")
     return 0
@@ -576,11 +576,11 @@ def _start_successor(files: RunFiles, config: Config, daemon: int, patience: flo
 
 
 def _record_changes(files: RunFiles, config: Config, previous: tuple[recorded.Layer, ...],
-                    undo: bool = False) -> None:
+                    daemon_account: Account | None, undo: bool = False) -> None:
     """Record the options this ``reload`` changes, for the new generation to
     read (and for later restarts); ``undo`` puts the record back as it was."""
     if config.layers != previous:
-        recorded.write(files, previous if undo else config.layers)
+        recorded.write(files, previous if undo else config.layers, reader=daemon_account)
 
 
 def _await_successor(files: RunFiles, daemon: Process, asked: float, patience: float) -> int:

@@ -15,6 +15,7 @@ import pathlib
 import secrets
 
 TEMPORARY_NAME_TRIES = 100
+GROUP_READABLE = 0o640
 
 
 class DirectoryHandle:
@@ -44,9 +45,10 @@ class DirectoryHandle:
         except FileNotFoundError:
             return None
 
-    def write_atomically(self, name: str, data: bytes) -> None:
+    def write_atomically(self, name: str, data: bytes, group: int | None = None) -> None:
         """Write to a temporary file, then rename it: readers, and a crash,
-        see the old file or the new one, never half of one.
+        see the old file or the new one, never half of one. With ``group``
+        (a gid), its members may read the file too.
 
         The temporary file is created exclusively under a name nobody can
         guess: in a shared directory such as /tmp, a file another user made
@@ -55,6 +57,9 @@ class DirectoryHandle:
         """
         fd, temporary = self._create_temporary(name)
         try:
+            if group is not None:
+                os.fchown(fd, -1, group)
+                os.fchmod(fd, GROUP_READABLE)
             with os.fdopen(fd, "wb") as stream:
                 stream.write(data)
                 stream.flush()

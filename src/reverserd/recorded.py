@@ -20,6 +20,7 @@ from typing import Any
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
 from reverserd.pidfile import RunFiles, read_run_file
+from reverserd.privileges import Account
 
 OPTIONS_BYTES = 1 << 16  # a few command lines
 MAX_LAYERS = 32  # a start and the changes of 31 restarts or reloads
@@ -102,9 +103,15 @@ def _layers_of(content: bytes) -> tuple[Layer, ...]:
 
 
 def write(files: RunFiles, layers: Sequence[Layer],
-          directory: DirectoryHandle | None = None) -> None:
+          directory: DirectoryHandle | None = None,
+          reader: Account | None = None) -> None:
     """Record ``layers``, replacing any record, through ``directory`` (the
-    pidfile's, held open: inside a chroot) or else by the pidfile's path."""
+    pidfile's, held open: inside a chroot) or else by the pidfile's path.
+
+    Root lets ``reader``, the account the daemon runs as, read the record
+    (by its group): the daemon reads it at every reload. Root still owns
+    it, so that root's commands trust it.
+    """
     if len(layers) > MAX_LAYERS:
         raise UserError(f"{len(layers) - 1} option changes are recorded since the start; "
                         "stop reverserd and start it with all its options")
@@ -114,7 +121,8 @@ def write(files: RunFiles, layers: Sequence[Layer],
     try:
         handle = directory or DirectoryHandle(files.pidfile.parent)
         try:
-            handle.write_atomically(files.options.name, data)
+            group = None if reader is None or os.geteuid() != 0 else reader.gid
+            handle.write_atomically(files.options.name, data, group)
         finally:
             if directory is None:
                 handle.close()

@@ -321,6 +321,10 @@ def test_a_daemon_running_as_nobody_reloads_on_the_port_it_bound_as_root(
     assert listening_rows(port) == sockets
     assert exchange(port, "as nobody, é".encode()) == "é ,ydobon sa\n".encode()
     assert f"took over from pid {first}" in logfile.read_text()
+    assert "cannot read" not in logfile.read_text()  # the record of options, read as nobody
+    record = pidfile.with_name("reverserd.pid.options").stat()
+    assert (record.st_uid, record.st_gid, stat.S_IMODE(record.st_mode)) == (0, NOBODY.pw_gid,
+                                                                            0o640)
     status = run("status", "--json", *files)
     assert status.returncode == 0, status
     report = json.loads(status.stdout)
