@@ -500,6 +500,8 @@ class ListeningService(Service):
             on_turn()
         if self._all_closed is not None:
             handler.request_stop()
+        if not transport.is_reading() and not transport.is_closing():
+            self._loop.call_soon(_keep_paused, transport)
 
     def _open(self, handler: LineHandler, transport: asyncio.Transport,
               opening: preambles.Opening) -> None:
@@ -546,6 +548,16 @@ class ListeningService(Service):
         if not self._connections and self._all_closed is not None \
                 and not self._all_closed.done():
             self._all_closed.set_result(None)
+
+
+def _keep_paused(transport: asyncio.Transport) -> None:
+    """Pause again a transport paused as it was accepted, now that the loop
+    has started reading it: before Python 3.11.5 (Debian 12 has 3.11.2),
+    the standard loop started reading it regardless, and a connection over
+    the cap was served at once."""
+    if not transport.is_reading() and not transport.is_closing():
+        transport.resume_reading()
+        transport.pause_reading()
 
 
 @restorable

@@ -10,14 +10,41 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
+
+import pytest
 
 BIN = pathlib.Path(sys.executable).parent
 REVERSERD = str(BIN / "reverserd")
 DEADLINE = 15.0
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
+
+
+SYSTEM_PYTHON = pathlib.Path("/usr/bin/python3")  # Debian's own, a Makefile prerequisite
+RUN_WITH_THIS_VIRTUALENV = (
+    "import site, sys; site.addsitedir(sys.argv.pop(1)); "
+    "from reverserd.entry import command; command()"
+)
+
+
+def system_python_reverserd() -> list[str]:
+    """A command running this reverserd on Debian's own Python, whose
+    standard library may be older than the virtualenv's (Debian 12 has
+    3.11.2): the virtualenv's packages serve a Python of the same minor
+    version. Fails when it cannot run as root (CI), skips otherwise."""
+    found = subprocess.run([str(SYSTEM_PYTHON), "-c", "import sys; print(sys.version_info[:2])"],
+                           capture_output=True, text=True, timeout=DEADLINE, check=False) \
+        if SYSTEM_PYTHON.exists() else None
+    if found is None or found.stdout.strip() != str(sys.version_info[:2]):
+        reason = f"{SYSTEM_PYTHON} is missing or not Python {sys.version_info[0]}." \
+                 f"{sys.version_info[1]}"
+        if os.geteuid() == 0 and found is None:
+            pytest.fail(f"{reason}: run 'make test', which installs it")
+        pytest.skip(reason)
+    return [str(SYSTEM_PYTHON), "-c", RUN_WITH_THIS_VIRTUALENV, sysconfig.get_paths()["purelib"]]
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout: float = DEADLINE) -> object:

@@ -19,6 +19,7 @@ from tests.e2e.support import (
     ReverserdProcess,
     connect,
     receive_until_closed,
+    system_python_reverserd,
     wait_until,
 )
 
@@ -185,11 +186,15 @@ def test_at_the_cap_newcomers_wait_and_are_served_when_one_quits(reverserd: Star
         sock.close()
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize(("loop", "python"), [("asyncio", "virtualenv"), ("uvloop", "virtualenv"),
+                                             ("asyncio", "system")])
 def test_a_burst_is_served_at_most_cap_at_a_time_and_none_is_reset(
-        reverserd: Start, loop: str) -> None:
+        reverserd: Start, loop: str, python: str) -> None:
+    """Also on Debian's own Python, whose older asyncio read a connection
+    paused as it was accepted."""
+    command = system_python_reverserd() if python == "system" else None
     process = reverserd("--foreground", "--port", "0", "--loop", loop,
-                        "--max-connections", "5")
+                        "--max-connections", "5", command=command)
     port = process.wait_until_serving()
     clients = []
     for number in range(200):
