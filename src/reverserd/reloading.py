@@ -171,6 +171,17 @@ class Reload:
         self.deferred.append(signum)
         return True
 
+    def passes_on(self, signum: int) -> bool:
+        """Whether ``signum`` is for another generation: one that waits for a
+        take-over's end (``defer``), or one a keeper that handed over gets
+        for the generation serving now."""
+        if self.defer(signum):
+            return True
+        if self.handed_to is None or self.reloader.keeper is None:
+            return False
+        self.reloader.keeper.forward(signum, self.handed_to)
+        return True
+
     def _resend_deferred(self, pid: int) -> None:
         signums, self.deferred = self.deferred, []
         for signum in signums:

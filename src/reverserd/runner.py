@@ -227,10 +227,9 @@ def run(application: Application, claim: Claim | None = None,
             claim.release()
         if announced:
             supervision.status("stopped")
-        handed_on = reload is not None and reload.handed_to is not None \
-            and reload.reloader.keeper is None  # (a keeper outlives every generation)
-        log.info(f"stopped; pid {reload.handed_to} serves" if handed_on and reload is not None
-                 else "stopped")
+        handed_to = None if reload is None or reload.reloader.keeper is not None \
+            else reload.handed_to  # (a keeper outlives every generation)
+        log.info("stopped" if handed_to is None else f"stopped; pid {handed_to} serves")
 
 
 def _save(application: Application, directory: DirectoryHandle) -> pathlib.Path:
@@ -308,15 +307,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
     forced = False
 
     def passed_on(signum: int) -> bool:
-        """Once the first generation of ``run`` has handed over, it keeps the pid
-        a supervisor signals: what it gets is for the generation serving now.
-        Under a keeper, what comes during a take-over waits for its end."""
-        if reload is not None and reload.defer(signum):
-            return True
-        if reload is None or reload.handed_to is None or reload.reloader.keeper is None:
-            return False
-        reload.reloader.keeper.forward(signum, reload.handed_to)
-        return True
+        return reload is not None and reload.passes_on(signum)
 
     def on_stop_signal(signum: int) -> None:
         if passed_on(signum):

@@ -313,11 +313,7 @@ class Supervisor:
     def _on_signal(self, signum: int, sender: int,
                    on_ready: runner.ReadyCallback | None) -> None:
         reload = self.reload
-        if signum in signals.HANDLED_SIGNALS and reload is not None and reload.defer(signum):
-            return  # for whichever generation serves once the take-over ended
-        if signum in signals.HANDLED_SIGNALS and reload is not None \
-                and reload.handed_to is not None and reload.reloader.keeper is not None:
-            reload.reloader.keeper.forward(signum, reload.handed_to)  # for the serving one
+        if signum in signals.HANDLED_SIGNALS and reload is not None and reload.passes_on(signum):
             return
         if signum == signal.SIGCHLD:
             self._reap()
