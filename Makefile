@@ -62,18 +62,28 @@ $(BIN)/python:
 	@bash scripts/apt-ensure python3-venv $(PYTHON) -c 'import ensurepip, venv'
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed-run: $(BIN)/python setup.cfg pyproject.toml
+# What pip needs to build the compiled segmenter (src/reverserd/_clusters.c): a C compiler and
+# Python's headers. Without them pip still installs reverserd, with the slower pattern segmenter.
+define ENSURE_COMPILER
+@bash scripts/apt-ensure gcc sh -c 'command -v cc'
+@bash scripts/apt-ensure libc6-dev test -e /usr/include/stdio.h
+@bash scripts/apt-ensure python3-dev $(PYTHON) -c 'import os, sysconfig; \
+	assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))'
+endef
+INSTALLED_FROM := $(BIN)/python setup.cfg setup.py pyproject.toml src/reverserd/_clusters.c
+
+$(VENV)/.installed-run: $(INSTALLED_FROM)
+	$(ENSURE_COMPILER)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
-$(VENV)/.installed-test: $(BIN)/python setup.cfg pyproject.toml
+$(VENV)/.installed-test: $(INSTALLED_FROM)
+	$(ENSURE_COMPILER)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,uvloop]'
 	touch $@ $(VENV)/.installed-run
 
-$(BENCH_VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml scripts/bench-requirements.txt \
-		scripts/bench_client.c
-	@bash scripts/apt-ensure gcc sh -c 'command -v cc'
-	@bash scripts/apt-ensure libc6-dev test -e /usr/include/stdio.h
+$(BENCH_VENV)/.installed: $(INSTALLED_FROM) scripts/bench-requirements.txt scripts/bench_client.c
+	$(ENSURE_COMPILER)
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[uvloop]' \
 		-r scripts/bench-requirements.txt

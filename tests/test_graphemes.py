@@ -9,6 +9,7 @@ import pathlib
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import regex
@@ -16,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reverserd import _unicode_tables as tables
-from reverserd.graphemes import may_join, reverse_text
+from reverserd import cluster_table, graphemes
+from reverserd.graphemes import may_join, reverse_text, reverse_text_by_pattern
 from tests import grapheme_rules
 from tests.grapheme_rules import Conjunct, conjunct_break
 
@@ -40,6 +42,18 @@ def without_crlf(text: str) -> str:
 
 def reversed_by_rules(text: str) -> str:
     return "".join(reversed(list(grapheme_rules.clusters(text))))
+
+
+# Both segmenters, held to the same rules: the compiled one that serves, and
+# the patterns that serve where no C compiler was at install.
+SEGMENTERS = pytest.mark.parametrize("reverse", [reverse_text, reverse_text_by_pattern],
+                                     ids=["compiled", "pattern"])
+
+
+def test_the_compiled_segmenter_is_built_and_serves() -> None:
+    assert graphemes.segmenter() == "compiled segmenter", (
+        "reverserd._clusters was not built: 'make test' installs gcc and the Python headers")
+    assert graphemes._reverser() is not reverse_text_by_pattern
 
 
 @pytest.mark.parametrize(
@@ -67,9 +81,11 @@ def reversed_by_rules(text: str) -> str:
         ("\U000110BD\U00011083", ["\U000110BD\U00011083"]),
     ],
 )
-def test_known_clusters_are_kept_whole(text: str, clusters: list[str]) -> None:
+@SEGMENTERS
+def test_known_clusters_are_kept_whole(reverse: Callable[[str], str], text: str,
+                                       clusters: list[str]) -> None:
     assert list(grapheme_rules.clusters(text)) == clusters
-    assert reverse_text(text) == "".join(reversed(clusters))
+    assert reverse(text) == "".join(reversed(clusters))
 
 
 def orphan_linker(text: str) -> bool:
@@ -119,12 +135,14 @@ def test_the_rules_agree_with_the_oracle(text: str) -> None:
         assert list(grapheme_rules.clusters(text)) == regex.findall(r"\X", text)
 
 
+@SEGMENTERS
 @settings(max_examples=4000, deadline=None)
 @given(mixed_text.map(lambda text: without_crlf(text)))
-def test_reversed_text_is_the_rules_clusters_in_reverse_order(text: str) -> None:
-    assert reverse_text(text) == reversed_by_rules(text)
+def test_reversed_text_is_the_rules_clusters_in_reverse_order(reverse: Callable[[str], str],
+                                                              text: str) -> None:
+    assert reverse(text) == reversed_by_rules(text)
     if not orphan_linker(text):
-        assert reverse_text(text) == "".join(reversed(regex.findall(r"\X", text)))
+        assert reverse(text) == "".join(reversed(regex.findall(r"\X", text)))
 
 
 @settings(max_examples=2000, deadline=None)
@@ -140,22 +158,76 @@ JOINING = st.sampled_from([chr(cp) for cp in (
     0x1F468, 0x1F3FB, 0x2764, 0xFE0F, 0x0600, 0x1F1E6, 0x61)])
 
 
+@SEGMENTERS
 @settings(max_examples=3000, deadline=None)
 @given(st.lists(JOINING, max_size=12).map("".join))
-def test_conjuncts_and_emoji_sequences_reverse_as_the_rules_say(text: str) -> None:
-    assert reverse_text(text) == reversed_by_rules(text)
+def test_conjuncts_and_emoji_sequences_reverse_as_the_rules_say(reverse: Callable[[str], str],
+                                                                 text: str) -> None:
+    assert reverse(text) == reversed_by_rules(text)
 
 
-def test_a_cr_before_an_lf_stays_on_its_own_side_when_text_is_reversed() -> None:
-    assert reverse_text("ab\r\ncd") == "dc\n\rba"
-    assert reverse_text("\u0301b\r\ncd") == "dc\n\rb\u0301"
+@SEGMENTERS
+def test_a_cr_before_an_lf_stays_on_its_own_side_when_text_is_reversed(
+        reverse: Callable[[str], str]) -> None:
+    assert reverse("ab\r\ncd") == "dc\n\rba"
+    assert reverse("\u0301b\r\ncd") == "dc\n\rb\u0301"
 
 
+@SEGMENTERS
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(TRICKY + PROPERTY_CHARACTERS), max_size=400).map("".join))
-def test_long_runs_of_special_characters_reverse_as_the_rules_say(text: str) -> None:
+def test_long_runs_of_special_characters_reverse_as_the_rules_say(
+        reverse: Callable[[str], str], text: str) -> None:
     clean = without_crlf(text)
-    assert reverse_text(clean) == reversed_by_rules(clean)
+    assert reverse(clean) == reversed_by_rules(clean)
+
+
+# Any code point at all, surrogates included (reversal.py marks line ends
+# with one), in strings of every width: one, two and four bytes a character.
+any_code_point = st.integers(0, 0x10FFFF).map(chr)
+any_string = st.one_of(st.lists(st.integers(0, 0xFF).map(chr)),
+                       st.lists(st.integers(0, 0xFFFF).map(chr)),
+                       st.lists(any_code_point)).map("".join)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(any_string)
+def test_the_segmenters_agree_on_any_string_and_keep_every_character(text: str) -> None:
+    answer = reverse_text(text)
+    assert answer == reverse_text_by_pattern(text)
+    assert sorted(answer) == sorted(text)
+
+
+def test_the_compiled_segmenter_refuses_what_it_cannot_use() -> None:
+    compiled = graphemes._compiled_segmenter()
+    assert compiled is not None
+    index, blocks = cluster_table.two_stage(cluster_table.properties())
+    for bad_index, bad_blocks in [(index[:-2], blocks), (index, blocks[:-1]), (index, b""),
+                                  (b"\xff" * len(index), blocks)]:
+        with pytest.raises(ValueError):
+            compiled.load(bad_index, bad_blocks)
+    with pytest.raises(TypeError):
+        compiled.reverse(b"bytes")
+    assert reverse_text("noe\u0308l") == "le\u0308on"  # the tables it had are kept
+
+
+def test_the_property_table_says_what_the_rules_say_of_every_code_point() -> None:
+    table = cluster_table.properties()
+    code_points = {code_point for ranges in (
+        tables.CONTROL, tables.EXTEND, tables.SPACINGMARK, tables.PREPEND,
+        tables.REGIONAL_INDICATOR, tables.L, tables.V, tables.T, tables.LV, tables.LVT,
+        tables.EXTENDED_PICTOGRAPHIC, tables.INCB_CONSONANT, tables.INCB_LINKER,
+        tables.INCB_EXTEND) for start, end in ranges for code_point in (start - 1, start, end,
+                                                                         end + 1)}
+    code_points |= set(range(0, 0x110000, 97)) | {0x0A, 0x0D, 0x200D}
+    for code_point in sorted(code_points & set(range(0x110000)) - set(range(0xD800, 0xE000))):
+        char = chr(code_point)
+        kind = grapheme_rules.grapheme_break(char)
+        if kind in (grapheme_rules.Break.CR, grapheme_rules.Break.LF):
+            kind = grapheme_rules.Break.CONTROL  # kept apart here: see reverse_text
+        expected = (int(kind) | (cluster_table.PICTOGRAPHIC if grapheme_rules.extended_pictographic(
+            char) else 0) | int(conjunct_break(char)) << 5)
+        assert table[code_point] == expected, hex(code_point)
 
 
 # Debian's own Python (a Makefile prerequisite): its ``re`` may be older than
@@ -166,9 +238,9 @@ import json, sys, types
 package = types.ModuleType("reverserd")
 package.__path__ = [sys.argv[1]]  # the module alone: the package's imports need a virtualenv
 sys.modules["reverserd"] = package
-from reverserd.graphemes import reverse_text
+from reverserd.graphemes import reverse_text_by_pattern
 print(sys.version.split()[0])
-print(json.dumps([reverse_text(text) for text in json.load(sys.stdin)]))
+print(json.dumps([reverse_text_by_pattern(text) for text in json.load(sys.stdin)]))
 """
 
 

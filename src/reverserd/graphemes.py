@@ -1,12 +1,18 @@
 """Text reversed by extended grapheme cluster (Unicode Standard Annex #29), at C speed.
 
 A line must be reversed by what a reader sees as one character, or combining
-marks land on the wrong letter and emoji fall apart. Rules GB3 to GB999 are
-written here as a regular expression over character classes built from
-``_unicode_tables``, so a whole read is reversed by the C engine of ``re``
-in a handful of calls instead of a Python step per character.
+marks land on the wrong letter and emoji fall apart. Two segmenters give the
+same answers, both from ``_unicode_tables``:
 
-Three choices make it fast:
+- ``_clusters``, compiled at install when a C compiler is there: the rules
+  walked once over the text, a few nanoseconds a character;
+- rules GB3 to GB999 written here as a regular expression over character
+  classes, so that a whole read is reversed by the C engine of ``re`` in a
+  handful of calls instead of a Python step per character. ``re`` costs a
+  few hundred nanoseconds a match, so text dense in clusters of more than
+  one character goes several times slower this way.
+
+Three choices make the patterns fast:
 
 - The text is reversed by code point first, and the pattern finds the
   clusters of the reversed text, each written backwards. Most clusters of
@@ -27,10 +33,12 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from types import ModuleType
 from typing import NamedTuple
 
 from reverserd import _unicode_tables as tables
+from reverserd import cluster_table
 
 Ranges = Iterable[tuple[int, int]]
 
@@ -38,6 +46,7 @@ ASTRAL_START = 0x10000
 ASTRAL_BLOCK = 0x400  # astral ranges are looked up within blocks of this size
 HULL_BLOCK = 0x1000  # a first check lets through the astral blocks of this size a class meets
 ALL_ASTRAL = ((ASTRAL_START, 0x10FFFF),)
+FEW_ASTRAL_RANGES = 16  # a class with no more is one set: a few range tests cost little
 # Decoded UTF-8 never holds surrogates, so the reversal code may use them as
 # markers; every pattern here keeps them clusters of their own.
 SURROGATES = ((0xD800, 0xDFFF),)
@@ -65,7 +74,8 @@ CONSONANT, LINKER = tables.INCB_CONSONANT, tables.INCB_LINKER
 # A linker that is no mark (GB9c still joins the next consonant to it, but
 # a break comes before it).
 LOOSE_LINKER = _ranges(_points(LINKER) - _points(POST))
-ATTACHED_LINK = _ranges(_points(tables.INCB_EXTEND) | (_points(LINKER) & _points(POST)))
+ATTACHED_LINKER = _ranges(_points(LINKER) & _points(POST))
+ATTACHED_LINK = _ranges(_points(tables.INCB_EXTEND) | _points(ATTACHED_LINKER))
 # A base whose cluster may be more than "the base, then marks".
 SPECIAL_BASES = (*CONTROL, *tables.PREPEND, *HANGUL, *tables.REGIONAL_INDICATOR,
                  *tables.EXTENDED_PICTOGRAPHIC, *CONSONANT)
@@ -124,8 +134,8 @@ def _astral_check(ranges: Ranges) -> str:
 
 def member(ranges: Ranges) -> str:
     """One character of ``ranges``."""
-    if not _astral(ranges):
-        return _bmp_class(ranges)
+    if len(_astral(ranges)) <= FEW_ASTRAL_RANGES:
+        return f"[{_set_body(ranges)}]"
     astral = f"[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}"
     if not _bmp(ranges):
         return f"(?:{astral})"
@@ -143,11 +153,16 @@ def kept(item: str, quantifier: str = "*") -> str:
 
 
 def run_of(ranges: Ranges) -> str:
-    """As many characters of ``ranges`` as there are (never fewer), BMP ones at bitmap speed."""
-    bmp = kept(_bmp_class(ranges))
+    """As many characters of ``ranges`` as there are (never fewer), BMP ones at bitmap speed.
+
+    ``re`` allocates a context each time it enters a repeated group, so the
+    group that takes characters above U+FFFF is entered only after one.
+    """
+    bmp = _bmp_class(ranges)
     if not _astral(ranges):
-        return bmp
-    return bmp + kept(f"(?:[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}{bmp})")
+        return kept(bmp)
+    astral = f"[{_set_body(ALL_ASTRAL)}]{_astral_check(ranges)}"
+    return f"(?>{bmp}*(?:{astral}(?:{bmp}|{astral})*|))"
 
 
 def _after(ranges: Ranges) -> str:
@@ -159,23 +174,41 @@ def _after(ranges: Ranges) -> str:
 _RI = member(tables.REGIONAL_INDICATOR)
 _L, _V, _T = member(tables.L), member(tables.V), member(tables.T)
 _LV, _LVT = member(tables.LV), member(tables.LVT)
-# GB9c: consonant, [extend linker]* with a linker, consonant. Consonant and
-# linkers stay together only as far as the linkers are marks.
-_LINKS_AHEAD = (f"(?={_bmp_or_astral((*tables.INCB_EXTEND, *LINKER))})"  # a cheap look first
-                f"(?={run_of(tables.INCB_EXTEND)}{member(LINKER)}"
-                f"{run_of((*tables.INCB_EXTEND, *LINKER))}{member(CONSONANT)})")
-_LINKED = f"{_LINKS_AHEAD}{run_of(ATTACHED_LINK)}"
-_AFTER_CONSONANT = f"(?:{_LINKED}{member(CONSONANT)})*(?:{_LINKED}{member(LOOSE_LINKER)})?"
-_MORE_AFTER_CONSONANT = f"{_LINKS_AHEAD}{_AFTER_CONSONANT}"  # at least one join
+# GB9c: consonant, [extend linker]* with a linker, consonant. Backwards from
+# the second consonant, the linkers and extenders between are taken as far
+# as they are marks: all of them and the first consonant when they are, or
+# up to a linker that is no mark (a break comes before it), provided a
+# consonant comes before that.
+_EXTENDERS = run_of(tables.INCB_EXTEND)
+_ATTACHED_LINKS = run_of(ATTACHED_LINK)
+_CONSONANT = member(CONSONANT)
+# Each alternative starts with a character class, which ``re`` checks
+# before it tries the alternative at all: a cheap class first where the
+# exact one is dear, then the exact one.
+_JOIN = "|".join([
+    f"(?:{_bmp_class(ATTACHED_LINKER)}{_bmp_class(CONSONANT)}",  # the usual: a virama
+    f"{member(ATTACHED_LINKER)}{_ATTACHED_LINKS}{_CONSONANT}",
+    f"{_bmp_or_astral(tables.INCB_EXTEND)}{_after(tables.INCB_EXTEND)}{_EXTENDERS}"
+    f"{member(ATTACHED_LINKER)}{_ATTACHED_LINKS}{_CONSONANT})",
+])
+_LOOSE_END = (f"(?:{member(LOOSE_LINKER)}|{_bmp_or_astral(ATTACHED_LINK)}{_after(ATTACHED_LINK)}"
+              f"{_ATTACHED_LINKS}{member(LOOSE_LINKER)})"
+              f"(?={run_of((*tables.INCB_EXTEND, *LINKER))}{_CONSONANT})")
+_JOINS = f"(?:{_JOIN}(?:{_JOIN})*|)"  # the repeated group is entered after two joins only
+_LINK_AHEAD = f"(?={_bmp_or_astral((*tables.INCB_EXTEND, *LINKER))})"  # one cheap look for all
+_AFTER_CONSONANT = f"(?:{_LINK_AHEAD}{_JOINS}(?:{_LOOSE_END}|)|)"
+_MORE_AFTER_CONSONANT = f"{_LINK_AHEAD}(?:{_JOIN}{_JOINS}(?:{_LOOSE_END}|)|{_LOOSE_END})"
 # GB11: pictograph, Extend*, ZWJ, pictograph.
-_EMOJI_LINK = f"{member(ZWJ)}{run_of(tables.EXTEND)}{member(tables.EXTENDED_PICTOGRAPHIC)}"
+_PICTOGRAPH = member(tables.EXTENDED_PICTOGRAPHIC)
+_EMOJI_LINK = f"{member(ZWJ)}(?:{_PICTOGRAPH}|{run_of(tables.EXTEND)}{_PICTOGRAPH})"
+_EMOJI_LINKS = f"(?:{_EMOJI_LINK}(?:{_EMOJI_LINK})*|)"
 # GB12, GB13: regional indicators pair from the start of their run, which is
 # the end of the reversed run: after an odd one out, if any, in pairs.
 _AFTER_REGIONAL = f"(?:(?<={_RI}{_RI}){_RI}|(?={kept(f'(?:{_RI}{_RI})')}(?!{_RI}))|{_RI})"
 # GB6-GB8, backwards: T* (V+ LV? | LV | LVT) L*, or L+, or T+.
-_AFTER_T = f"{kept(_T)}(?:(?:{kept(_V, '+')}{_LV}?|{_LV}|{_LVT}){kept(_L)})?"
-_AFTER_V = f"{kept(_V)}{_LV}?{kept(_L)}"
-_AFTER_L = kept(_L)
+_AFTER_T = f"{_T}*(?:{_V}+(?:{_LV}|){_L}*|{_LV}{_L}*|{_LVT}{_L}*|)"
+_AFTER_V = f"{_V}*(?:{_LV}|){_L}*"
+_AFTER_L = f"{_L}*"
 
 
 def _base(prepend: bool) -> str:
@@ -184,8 +217,8 @@ def _base(prepend: bool) -> str:
              *CONSONANT, *([] if prepend else tables.PREPEND)]
     return "|".join([
         f"[^{_set_body([*_bmp(plain), *ALL_ASTRAL])}]",
-        f"{member(CONSONANT)}{_AFTER_CONSONANT}",
-        f"{member(tables.EXTENDED_PICTOGRAPHIC)}(?:{_EMOJI_LINK})*",
+        f"{_PICTOGRAPH}{_EMOJI_LINKS}",
+        f"{_CONSONANT}{_AFTER_CONSONANT}",
         f"{_T}{_AFTER_T}",
         f"{_V}{_AFTER_V}",
         f"{member((*tables.L, *tables.LV, *tables.LVT))}{_AFTER_L}",
@@ -197,26 +230,34 @@ def _base(prepend: bool) -> str:
 def _reversed_clusters(prepend: bool) -> str:
     """Every cluster of more than one character (and some of one), reversed.
 
-    Each starts with a character of one first-character class, whose
-    alternatives then tell apart by looking back at it. With ``prepend``
-    (GB9b: prepends join what follows them, so in reversed text what comes
-    before them), any character may start a cluster, and the scan is slower.
+    Each starts with a character of one first-character class. Most
+    alternatives then look at the next character first, which ``re`` tries
+    without saving its state; marks (the commonest start), consonants and
+    regional indicators are told apart by looking back at the first one. No
+    repeated group is entered in the common cases (``re`` allocates a context
+    for each), and ``re`` never has to backtrack: every alternative ends in
+    a part that cannot fail.
     """
-    first = [*POST, *HANGUL, *tables.EXTENDED_PICTOGRAPHIC, *CONSONANT]
-    # marks, then the base they follow (none: after a control, they are their own)
-    marks_then_base = f"{run_of(POST)}(?:{_base(prepend)})?"
-    # Cheap looks at the next character first, so that a character which
-    # starts no longer cluster (a plain emoji, a consonant) fails at once.
-    zwj_next = f"(?={member(ZWJ)})"
-    vowels_next = f"(?={_bmp_or_astral((*tables.V, *tables.LV, *tables.L))})"
+    first = [*POST, *HANGUL, *tables.EXTENDED_PICTOGRAPHIC, *CONSONANT,
+             *tables.REGIONAL_INDICATOR]
+    any_char = "(?s:.)"
     pattern = f"{_bmp_or_astral(first)}(?:" + "|".join([
-        f"{_after(POST)}{marks_then_base}",
+        f"{_after(POST)}{run_of(POST)}(?:{_base(prepend)}|)",
+        # the usual conjunct, by its virama: no look back at the consonant unless there is one
+        f"{_bmp_class(ATTACHED_LINKER)}(?<={member(CONSONANT)}{any_char}){_bmp_class(CONSONANT)}"
+        f"{_AFTER_CONSONANT}",
+        # Hangul, by the syllable part before (GB6-GB8): each pair joins on its own
+        f"{_L}(?<={member((*tables.L, *tables.V, *tables.LV, *tables.LVT))}{any_char}){_AFTER_L}",
+        f"{_V}(?<={member((*tables.V, *tables.T))}{any_char}){_AFTER_V}",
+        f"{_LV}(?<={member((*tables.V, *tables.T))}{any_char}){_AFTER_L}",
+        f"{_T}(?<={_T}{any_char}){_AFTER_T}",
+        f"{_LVT}(?<={_T}{any_char}){_AFTER_L}",
+        f"{member(ZWJ)}(?<={member(tables.EXTENDED_PICTOGRAPHIC)}{any_char})"
+        f"(?:{_PICTOGRAPH}|{run_of(tables.EXTEND)}{_PICTOGRAPH}){_EMOJI_LINKS}",
+        # a pair of regional indicators, if the first is not the odd one out of its run
+        f"{_RI}(?<={_RI}{any_char})(?:(?<={_RI}{_RI}{_RI})|(?!{_RI})|"
+        f"(?={kept(f'(?:{_RI}{_RI})', '+')}(?!{_RI})))",
         f"{_after(CONSONANT)}{_MORE_AFTER_CONSONANT}",
-        f"{zwj_next}{_after(tables.EXTENDED_PICTOGRAPHIC)}(?:{_EMOJI_LINK})+",
-        f"{_after(tables.T)}{_AFTER_T}",
-        f"{vowels_next}{_after(tables.V)}{_AFTER_V}",
-        f"{_after((*tables.L, *tables.LV, *tables.LVT))}{_AFTER_L}",
-        f"{_after(tables.REGIONAL_INDICATOR)}{_AFTER_REGIONAL}",
     ]) + ")"
     if prepend:
         prepends = member(tables.PREPEND)
@@ -256,26 +297,55 @@ def _joiner_lead_bytes() -> bytes:
                          for code_point in _points(_bmp(_JOINERS))} | set(range(0xF0, 0xF5))))
 
 
-_compiling: list[threading.Thread] = []  # at most one, until it is waited for
+@functools.cache
+def _compiled_segmenter() -> ModuleType | None:
+    """The compiled segmenter, or None when it was not built."""
+    try:
+        from reverserd import _clusters
+    except ImportError:  # installed without a C compiler
+        return None
+    return _clusters
+
+
+@functools.cache
+def _reverser() -> Callable[[str], str]:
+    compiled = _compiled_segmenter()
+    if compiled is None:
+        _compiled()
+        return reverse_text_by_pattern
+    compiled.load(*cluster_table.two_stage(cluster_table.properties()))
+    reverse: Callable[[str], str] = compiled.reverse
+    return reverse
+
+
+def segmenter() -> str:
+    """Which segmenter reverses text here, for the log: the compiled one is
+    several times faster on text with many multi-character clusters."""
+    if _compiled_segmenter() is None:
+        return "pattern segmenter (no C compiler at install)"
+    return "compiled segmenter"
+
+
+_preparing: list[threading.Thread] = []  # at most one, until it is waited for
 
 
 def prepare() -> None:
-    """Compile the patterns in the background, now.
+    """Load the compiled segmenter's tables, or compile the patterns, in the background, now.
 
-    It takes a few hundred milliseconds that would otherwise hold up the
-    first line of text; here they delay nothing (text that comes meanwhile
-    waits for them), and commands that serve no client never pay them.
+    The patterns take a few hundred milliseconds that would otherwise hold
+    up the first line of text; here they delay nothing (text that comes
+    meanwhile waits for them), and commands that serve no client never pay them.
     """
-    if not _compiling:
-        compiling = threading.Thread(target=_compiled, name="reverserd-patterns", daemon=True)
-        _compiling.append(compiling)
-        compiling.start()
+    if not _preparing:
+        preparing = threading.Thread(target=_reverser, name="reverserd-segmenter", daemon=True)
+        _preparing.append(preparing)
+        preparing.start()
 
 
-def _patterns() -> _Patterns:
-    while _compiling:
-        _compiling.pop().join()
-    return _compiled()
+def _ready() -> Callable[[str], str]:
+    while _preparing:
+        _preparing.pop().join()
+    return _reverser()
 
 
 def may_join(utf8: bytes) -> bool:
@@ -288,10 +358,17 @@ def reverse_text(text: str) -> str:
     """``text`` with its grapheme clusters in reverse order, each kept whole.
 
     A CR before an LF stays a cluster of its own here (UAX #29 joins them),
-    so a block of lines reversed at once still splits at every LF. ``text``
-    must hold no surrogates, which decoded UTF-8 never does.
+    so a block of lines reversed at once still splits at every LF; so does
+    a surrogate, which decoded UTF-8 never holds (``reversal`` marks line
+    ends with one).
     """
-    patterns = _patterns()
+    return _ready()(text)
+
+
+def reverse_text_by_pattern(text: str) -> str:
+    """``reverse_text`` by the ``re`` patterns: what serves when the compiled
+    segmenter was not built, with the very same answers."""
+    patterns = _compiled()
     if patterns.may_join.search(text) is None:
         return text[::-1]  # every character a cluster of its own
     if patterns.has_prepend.search(text) is None:

@@ -21,6 +21,7 @@ from typing import Protocol
 from reverserd import __version__, logs, passing, persist, reloading, signals
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
+from reverserd.graphemes import segmenter
 from reverserd.handover import Outcome, Succeeding
 from reverserd.listening import lines_served, listening_addresses, listening_services, release_all
 from reverserd.loops import LoopFactory
@@ -124,9 +125,10 @@ def run(application: Application, claim: Claim | None = None,
     generation take over from its predecessor before it accepts.
     """
     loop_name, loop_factory = loop
-    log.info("reverserd %s starting: Python %s, pid %d, application %s, %s loop%s",
+    log.info("reverserd %s starting: Python %s, pid %d, application %s, %s loop%s, %s",
              __version__, PYTHON_VERSION, os.getpid(), application.name,
-             loop_name, "" if supervisor is None else f", {supervisor.workers} workers")
+             loop_name, "" if supervisor is None else f", {supervisor.workers} workers",
+             segmenter())
     before, after = raise_descriptor_limit()
     if after > before:
         log.info("raised the open-file limit from %d to %d", before, after)

@@ -51,7 +51,7 @@ def test_log_lines_tell_the_daemon_story(daemons: DaemonDirectory) -> None:
     lines = daemons.log_lines()
     assert re.fullmatch(rf"{ISO_TIME} INFO reverserd\.runner: reverserd \d+\.\d+\.\d+ "
                         rf"starting: Python 3\.\d+\.\d+, pid {daemon.pid}, application "
-                        r"Reverser, (asyncio|uvloop) loop", lines[0]), lines[0]
+                        r"Reverser, (asyncio|uvloop) loop, compiled segmenter", lines[0]), lines[0]
     expected_in_order = [
         rf"INFO reverserd\.listening: listening on 127\.0\.0\.1:{daemon.port}$",
         r"DEBUG reverserd\.protocol: connection from 127\.0\.0\.1:\d+$",

@@ -45,7 +45,7 @@ def test_log_lines_carry_iso_time_level_and_logger(server: ReverserdProcess) -> 
     assert re.fullmatch(
         rf"{ISO_TIME} INFO reverserd\.runner: reverserd \d+\.\d+\.\d+ starting: "
         rf"Python 3\.\d+\.\d+, pid {server.pid}, application Reverser, "
-        r"(asyncio|uvloop) loop", first
+        r"(asyncio|uvloop) loop, compiled segmenter", first
     ), first
     server.wait_for_log(rf"^{ISO_TIME} INFO reverserd\.listening: listening on "
                         rf"127\.0\.0\.1:{server.port}$")
