@@ -28,6 +28,7 @@ from reverserd import (
     signals,
 )
 from reverserd.errors import UsageError, UserError, os_reason
+from reverserd.graphemes import segmenter
 from reverserd.logs import LEVELS
 from reverserd.pidfile import RunFiles
 
@@ -142,7 +143,8 @@ def build_parser(directory: pathlib.Path | None = None) -> argparse.ArgumentPars
     _add_log_options(parser, defaults)
     _add_limit_options(parser, defaults)
     _add_performance_options(parser, defaults)
-    parser.add_argument("--version", action="version", version=f"reverserd {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"reverserd {__version__}, {segmenter()}")
     return parser
 
 

@@ -302,7 +302,7 @@ def _compiled_segmenter() -> ModuleType | None:
     """The compiled segmenter, or None when it was not built."""
     try:
         from reverserd import _clusters
-    except ImportError:  # installed without a C compiler
+    except ImportError:  # installed without a C compiler or Python's headers
         return None
     return _clusters
 
@@ -319,10 +319,10 @@ def _reverser() -> Callable[[str], str]:
 
 
 def segmenter() -> str:
-    """Which segmenter reverses text here, for the log: the compiled one is
-    several times faster on text with many multi-character clusters."""
+    """Which segmenter reverses text here, for the log and ``--version``: the
+    compiled one is several times faster on text with many multi-character clusters."""
     if _compiled_segmenter() is None:
-        return "pattern segmenter (no C compiler at install)"
+        return "pattern segmenter (the compiled one was not built at install)"
     return "compiled segmenter"
 
 

@@ -156,7 +156,7 @@ def test_help_and_version() -> None:
                    "start", "stop", "status", "restart"):
         assert option in help_text.stdout
     from reverserd import __version__
-    assert run_cli("--version").stdout == f"reverserd {__version__}\n"
+    assert run_cli("--version").stdout == f"reverserd {__version__}, compiled segmenter\n"
 
 
 def test_python_dash_m_runs_the_same_program(reverserd) -> None:
