@@ -232,8 +232,8 @@ def _reversed_clusters(prepend: bool) -> str:
 
     Each starts with a character of one first-character class. Most
     alternatives then look at the next character first, which ``re`` tries
-    without saving its state; marks (the commonest start), consonants and
-    regional indicators are told apart by looking back at the first one. No
+    without saving its state; only marks (the commonest start) and
+    consonants are told apart by looking back at the first one. No
     repeated group is entered in the common cases (``re`` allocates a context
     for each), and ``re`` never has to backtrack: every alternative ends in
     a part that cannot fail.
