@@ -42,6 +42,13 @@ def test_nc_last_line_without_newline_is_answered_at_eof(server: ReverserdProces
     assert result.stdout == b"cba\n"
 
 
+def test_nc_last_line_ending_in_a_cr_is_answered_with_crlf_at_eof(server: ReverserdProcess,
+                                                                  nc: str) -> None:
+    result = subprocess.run([nc, "-N", "127.0.0.1", str(server.port)], input=b"ab\rc\nabc\r",
+                            capture_output=True, timeout=DEADLINE)
+    assert result.stdout == b"c\rba\ncba\r\n"
+
+
 def test_nc_localhost_finds_the_server(server: ReverserdProcess, nc: str) -> None:
     result = subprocess.run([nc, "localhost", str(server.port)], input=b"local\nquit\n",
                             capture_output=True, timeout=DEADLINE)
