@@ -330,12 +330,17 @@ _preparing: list[threading.Thread] = []  # at most one, until it is waited for
 
 
 def prepare() -> None:
-    """Load the compiled segmenter's tables, or compile the patterns, in the background, now.
+    """Load the compiled segmenter's tables now, or compile the patterns in the background.
 
-    The patterns take a few hundred milliseconds that would otherwise hold
-    up the first line of text; here they delay nothing (text that comes
-    meanwhile waits for them), and commands that serve no client never pay them.
+    The tables take a few milliseconds, and the memory they are built in is
+    freed before any client comes. The patterns take a few hundred
+    milliseconds that would otherwise hold up the first line of text; in the
+    background they delay nothing (text that comes meanwhile waits for them).
+    Commands that serve no client never pay either.
     """
+    if _compiled_segmenter() is not None:
+        _reverser()
+        return
     if not _preparing:
         preparing = threading.Thread(target=_reverser, name="reverserd-segmenter", daemon=True)
         _preparing.append(preparing)
