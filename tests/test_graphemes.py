@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from reverserd import _unicode_tables as tables
 from reverserd import cluster_table, graphemes
-from reverserd.graphemes import may_join, reverse_text, reverse_text_by_pattern
+from reverserd.cluster_patterns import reverse_text as reverse_text_by_pattern
+from reverserd.graphemes import may_join, reverse_text
 from tests import grapheme_rules
 from tests.grapheme_rules import Conjunct, conjunct_break
 
@@ -198,6 +199,19 @@ def test_the_segmenters_agree_on_any_string_and_keep_every_character(text: str) 
     assert sorted(answer) == sorted(text)
 
 
+def test_the_patterns_serve_where_the_compiled_segmenter_was_not_built(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(graphemes, "_compiled_segmenter", lambda: None)
+    graphemes._reverser.cache_clear()
+    try:
+        graphemes.prepare()  # in the background, as a daemon does
+        assert reverse_text("noe\u0308l \u0915\u094D\u0937") == "\u0915\u094D\u0937 le\u0308on"
+        assert graphemes._reverser() is reverse_text_by_pattern
+        assert graphemes.segmenter().startswith("pattern segmenter")
+    finally:
+        graphemes._reverser.cache_clear()
+
+
 def test_the_compiled_segmenter_refuses_what_it_cannot_use() -> None:
     compiled = graphemes._compiled_segmenter()
     assert compiled is not None
@@ -238,9 +252,9 @@ import json, sys, types
 package = types.ModuleType("reverserd")
 package.__path__ = [sys.argv[1]]  # the module alone: the package's imports need a virtualenv
 sys.modules["reverserd"] = package
-from reverserd.graphemes import reverse_text_by_pattern
+from reverserd.cluster_patterns import reverse_text
 print(sys.version.split()[0])
-print(json.dumps([reverse_text_by_pattern(text) for text in json.load(sys.stdin)]))
+print(json.dumps([reverse_text(text) for text in json.load(sys.stdin)]))
 """
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -376,7 +377,11 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
             reload_pending = True
             return
         reopen_log(RELOAD_SIGNAL, quiet=True)
-        settled(reload.request())
+        begin_reload(None)
+
+    def begin_reload(requested: socket.socket | None) -> None:
+        assert reload is not None
+        settled(reload.request(requested))
         if reload.under_way:
             refresh()  # with the reload's deadline, which reload waits for
         poll_reload()
@@ -419,10 +424,7 @@ async def serve(application: Application, on_ready: ReadyCallback | None = None,
         if stop_requested.is_set() or not serving.is_set():
             requested.close()  # the reload command is told by the channel closing
             return
-        settled(reload.request(requested))
-        if reload.under_way:
-            refresh()
-        poll_reload()
+        begin_reload(requested)
 
     def on_keeper_gone() -> None:
         assert reload is not None
