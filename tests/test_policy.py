@@ -294,11 +294,17 @@ def test_the_cap_is_lowered_to_what_the_descriptor_limit_allows(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def server_side_writers(port: int) -> list[asyncio.StreamWriter]:
-    """The writers ``start_server`` made for connections to ``port``, garbage or not."""
-    return [thing for thing in gc.get_objects()
-            if isinstance(thing, asyncio.StreamWriter)
-            and thing.get_extra_info("sockname")[1] == port]
+STREAM_KINDS = (asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamReaderProtocol)
+
+
+def stream_objects() -> dict[str, int]:
+    """How many stream writers, readers and protocols exist, garbage or not."""
+    counts = dict.fromkeys((kind.__name__ for kind in STREAM_KINDS), 0)
+    for thing in gc.get_objects():
+        for kind in STREAM_KINDS:
+            if isinstance(thing, kind):
+                counts[kind.__name__] += 1
+    return counts
 
 
 def test_an_open_connection_outlives_a_garbage_collection() -> None:
@@ -312,19 +318,26 @@ def test_an_open_connection_outlives_a_garbage_collection() -> None:
     run(scenario)
 
 
-def test_a_closed_connection_leaves_no_cycle_for_the_garbage_collector() -> None:
+def test_a_connection_keeps_none_of_the_stream_objects_start_server_made() -> None:
+    """Freed as soon as the handler has the connection, not by the garbage
+    collector, and without closing it: they were half of an idle connection's
+    memory."""
     async def scenario() -> None:
         async with serving(Limits()) as (server, policy):
-            port = server.address[1]
-            for _ in range(3):
-                reader, writer = await connect(server)
+            before = stream_objects()
+            clients = [await connect(server) for _ in range(3)]
+            for reader, writer in clients:
                 assert await ask(reader, writer, b"ab") == b"ba\n"
-                assert len(server_side_writers(port)) == 1
+            # Only the clients' own: one writer, reader and protocol each.
+            assert stream_objects() == {kind: count + 3 for kind, count in before.items()}
+            for reader, writer in clients:
                 writer.write(b"quit\n")
                 assert await closed_by_server(reader)
                 writer.close()
+                await writer.wait_closed()
             await until(lambda: policy.open == 0, "every connection to close")
-            assert server_side_writers(port) == []
+            del clients, reader, writer
+            assert stream_objects() == before
     gc.collect()
     gc.disable()
     try:

@@ -88,7 +88,7 @@ class ListeningService(Service):
         self._resuming: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # set while serving
         self.policy: ConnectionPolicy | None = None  # the process's; a default one if unset
-        self._connections: dict[LineHandler, asyncio.StreamWriter | None] = {}
+        self._connections: dict[LineHandler, None] = {}  # a dict for its order
         self._opening: set[asyncio.Task[None]] = set()  # PROXY headers, TLS handshakes
         self._all_closed: asyncio.Future[None] | None = None  # awaited while stopping
         self._lines_before = 0  # by connections now closed, and before a restore
@@ -461,14 +461,11 @@ class ListeningService(Service):
         protocol before it has read a byte: each chunk read is then answered
         by a direct call instead of by waking a waiting coroutine.
 
-        The writer is kept while the connection is open: a ``StreamWriter``
-        closes its transport when it is collected (Python 3.11.5 and later),
-        and it keeps the reader and the stream protocol alive with it. That
-        protocol is told its connection is over as soon as the handler has
-        the transport, so it drops the writer (and its weak reference to the
-        reader): once the connection closes, all that ``start_server`` made
-        for it is freed at once instead of waiting, a cycle, for the garbage
-        collector.
+        Nothing of the streams is kept: the stream protocol is told its
+        connection is over, so it lets go of the writer, and the writer is
+        retired (see ``_RetiredWriter``), so it is freed at once without
+        closing the transport it no longer owns. Together they held about
+        1.6 KB per connection: half of what an idle one cost.
         """
         handler = self.handler_class(self.max_line_length, self._forget_handler)
         transport = cast(asyncio.Transport, writer.transport)
@@ -484,7 +481,8 @@ class ListeningService(Service):
         else:
             transport.set_protocol(handler)
         streams.connection_lost(None)
-        self._connections[handler] = writer
+        writer.__class__ = _RetiredWriter
+        self._connections[handler] = None
         if opening is None:
             handler.connection_made(transport)
         assert self.policy is not None and self._loop is not None
@@ -548,6 +546,22 @@ class ListeningService(Service):
         if not self._connections and self._all_closed is not None \
                 and not self._all_closed.done():
             self._all_closed.set_result(None)
+
+
+class _RetiredWriter(asyncio.StreamWriter):
+    """A writer whose transport now belongs to a ``LineHandler``.
+
+    From Python 3.11.5 on, a ``StreamWriter`` closes its transport when it is
+    collected, to save programs that forget to close their streams. Here the
+    handler owns the connection and closes it itself, on every path, so a
+    writer retired this way may be freed with its reader and stream protocol
+    while the connection goes on. It adds no field, so any writer can become one.
+    """
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        """Leave the transport open: its handler closes it."""
 
 
 def _keep_paused(transport: asyncio.Transport) -> None:
