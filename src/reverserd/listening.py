@@ -566,9 +566,10 @@ class _RetiredWriter(asyncio.StreamWriter):
 
 def _keep_paused(transport: asyncio.Transport) -> None:
     """Pause again a transport paused as it was accepted, now that the loop
-    has started reading it: before Python 3.11.5 (Debian 12 has 3.11.2),
-    the standard loop started reading it regardless, and a connection over
-    the cap was served at once."""
+    has started reading it: uvloop starts reading once the protocol is told
+    of the connection, paused or not, and so did the standard loop before
+    Python 3.11.5 (Debian 12 has 3.11.2). A connection over the cap was
+    otherwise served at once."""
     if not transport.is_reading() and not transport.is_closing():
         transport.resume_reading()
         transport.pause_reading()

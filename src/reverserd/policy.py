@@ -235,8 +235,10 @@ class ConnectionPolicy:
         Unix-socket clients have no address to tell them apart: not counted.
         """
         per_peer = self.limits.max_connections_per_peer
+        if not per_peer:
+            return True
         peer = handler.peer_address
-        if not per_peer or not isinstance(peer, tuple) or not peer:
+        if not isinstance(peer, tuple) or not peer:
             return True
         key = str(peer[0])
         handler.peer_key = key

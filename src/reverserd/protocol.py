@@ -424,7 +424,7 @@ class LineHandler(asyncio.Protocol):
             data, start, turn = self._partial + data[start:], 0, 0
         stop = len(data)
         if not turn:
-            turn = _turn_length(data, start)
+            turn = stop - start if stop - start <= TURN_BYTES else _turn_length(data, start)
         if start + turn < stop:
             cut = data.rfind(LF, start, start + turn)
             if cut < 0:
@@ -450,7 +450,8 @@ class LineHandler(asyncio.Protocol):
     def _answer_each(self, lines: list[bytes], replies: list[bytes]) -> None:
         limit = self._limit
         commands = self._commands
-        deadline = time.perf_counter() + TURN_SECONDS
+        # The clock is read only where there is more than one check's worth of lines.
+        deadline = time.perf_counter() + TURN_SECONDS if len(lines) > TURN_CHECK else 0.0
         for first in range(0, len(lines), TURN_CHECK):
             if first and time.perf_counter() > deadline:
                 self._defer(lines[first:])
