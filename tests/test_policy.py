@@ -153,6 +153,53 @@ def test_idle_and_slow_loris_connections_are_closed_but_busy_ones_are_not() -> N
     run(scenario)
 
 
+@contextlib.asynccontextmanager
+async def one_served_one_waiting(server: TCPServer, policy: ConnectionPolicy) -> AsyncIterator[
+        tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter],
+              tuple[asyncio.StreamReader, asyncio.StreamWriter], float]]:
+    """Two connections accepted in one batch at a cap of one: the second waits its
+    turn. Gives both and the loop's time once the second was accepted."""
+    # Both handshakes complete before the loop runs again, so one wake-up accepts both.
+    first, second = (socket.create_connection(server.address) for _ in range(2))
+    await until(lambda: policy.open == 2, "both connections to be accepted")
+    accepted = asyncio.get_running_loop().time()
+    assert [policy.waiting(handler) for handler in server.connections()] == [False, True]
+    streams = [await asyncio.open_connection(sock=sock) for sock in (first, second)]
+    try:
+        yield streams[0], streams[1], accepted
+    finally:
+        for _, writer in streams:
+            writer.close()
+
+
+def test_a_connection_waiting_its_turn_is_not_closed_as_idle() -> None:
+    """It waits as it would in the kernel's queue, where no idle clock runs: the
+    sweep that closes the idle connection ahead of it must not close it too."""
+    async def scenario() -> None:
+        async with serving(Limits(max_connections=1, idle_timeout=2)) as (server, policy), \
+                one_served_one_waiting(server, policy) as (served, waiting, accepted):
+            waiting[1].write(b"queued\n")
+            policy.sweep(accepted + 3)
+            assert await closed_by_server(served[0])
+            assert await asyncio.wait_for(waiting[0].readline(), DEADLINE) == b"deueuq\n"
+            assert policy.closed["idle"] == 1
+    run(scenario)
+
+
+def test_the_idle_clock_of_a_connection_that_waited_starts_at_its_turn() -> None:
+    async def scenario() -> None:
+        async with serving(Limits(max_connections=1, idle_timeout=2)) as (server, policy), \
+                one_served_one_waiting(server, policy) as (served, waiting, accepted):
+            loop = asyncio.get_running_loop()
+            await until(lambda: loop.time() >= accepted + 1.5, "the wait to last 1.5 s")
+            served[1].close()
+            await until(lambda: policy.open == 1, "the served connection to close")
+            policy.sweep(accepted + 2.5)  # 2.5 s after it was accepted, under 1 s after its turn
+            assert await ask(*waiting, b"late") == b"etal\n"
+            assert policy.closed["idle"] == 0
+    run(scenario)
+
+
 def test_idle_timeout_zero_never_closes() -> None:
     async def scenario() -> None:
         async with serving(Limits(idle_timeout=0)) as (server, policy):

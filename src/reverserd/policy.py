@@ -259,6 +259,7 @@ class ConnectionPolicy:
             waiting = next(iter(self._waiting))
             on_turn = self._waiting.pop(waiting)
             if waiting.transport is not None:
+                waiting.watched_since(now)  # accepted only now, as far as its clocks go
                 on_turn()
         key = handler.peer_key
         if key is not None:
@@ -316,6 +317,8 @@ class ConnectionPolicy:
         for listener in self._listeners:
             listener.check_accepting(self, now)
             for handler in listener.connections():
+                if handler in self._waiting:  # as in the kernel's queue: no clock runs
+                    continue
                 try:
                     reason = handler.overdue(now, idle_timeout, write_timeout)
                 except Exception:  # a bug: that connection goes, the others are still swept
