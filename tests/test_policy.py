@@ -200,6 +200,34 @@ def test_the_idle_clock_of_a_connection_that_waited_starts_at_its_turn() -> None
     run(scenario)
 
 
+class FailsToOpen(Reverser):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        raise RuntimeError("a bug in the application")
+
+
+def test_a_handler_that_fails_as_a_connection_opens_costs_that_connection_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Closed and counted as a handler error, with the connection count right after:
+    the cap still holds, and other connections are served."""
+    async def scenario() -> None:
+        server = TCPServer(0, FailsToOpen)
+        policy = server.policy = ConnectionPolicy(Limits(max_connections=2))
+        await server.start_service()
+        try:
+            for _ in range(3):
+                reader, writer = await connect(server)
+                assert await closed_by_server(reader)
+                writer.close()
+            await until(lambda: policy.handler_errors == 3, "three handler errors")
+            assert policy.open == 0 and not policy.at_cap
+        finally:
+            await server.stop_service()
+    with caplog.at_level(logging.ERROR, "reverserd.listening"):
+        run(scenario)
+    assert caplog.text.count("handler FailsToOpen failed as the connection from 127.0.0.1:") == 3
+
+
 def test_idle_timeout_zero_never_closes() -> None:
     async def scenario() -> None:
         async with serving(Limits(idle_timeout=0)) as (server, policy):

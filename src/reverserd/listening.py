@@ -484,7 +484,13 @@ class ListeningService(Service):
         writer.__class__ = _RetiredWriter
         self._connections[handler] = None
         if opening is None:
-            handler.connection_made(transport)
+            try:
+                handler.connection_made(transport)
+            except Exception:  # the application's bug: this connection only pays
+                handler.transport = transport
+                handler.failed = True
+                log.exception("handler %s failed as the connection from %s opened; closing "
+                              "that connection", type(handler).__name__, handler.peer)
         assert self.policy is not None and self._loop is not None
         on_turn = None if opening is None else functools.partial(
             self._open, handler, transport, opening)
@@ -493,6 +499,9 @@ class ListeningService(Service):
                 transport.close()
             else:
                 opening.drop(handler)
+            return
+        if handler.failed:  # counted, so that its closing is too
+            transport.abort()
             return
         if on_turn is not None and not self.policy.waiting(handler):
             on_turn()
