@@ -9,9 +9,10 @@ patterns, so the two segmenters can never disagree about a property.
 from __future__ import annotations
 
 import array
-from collections.abc import Iterable
 
 from reverserd import _unicode_tables as tables
+from reverserd import graphemes
+from reverserd.graphemes import Ranges
 
 CODE_POINTS = 0x110000
 BLOCK_SIZE = 256
@@ -20,12 +21,6 @@ CONTROL, EXTEND, ZWJ, REGIONAL_INDICATOR, PREPEND, SPACING_MARK = 3, 4, 5, 6, 7,
 L, V, T, LV, LVT = 9, 10, 11, 12, 13
 PICTOGRAPHIC = 0x10
 CONSONANT, CONJUNCT_EXTEND, LINKER = 1 << 5, 2 << 5, 3 << 5
-# Decoded UTF-8 holds none, and reversal.py marks CRLFs with one: clusters of
-# their own, as in the patterns. So are CR and LF (a CR before an LF stays apart).
-SURROGATES = ((0xD800, 0xDFFF),)
-CR_AND_LF = ((0x0A, 0x0A), (0x0D, 0x0D))
-
-Ranges = Iterable[tuple[int, int]]
 
 
 def _set(properties: bytearray, ranges: Ranges, value: int) -> None:
@@ -43,14 +38,13 @@ def properties() -> bytearray:
     """One byte per code point: break value, pictographic bit, conjunct value."""
     found = bytearray(CODE_POINTS)
     # Where a code point has two values, the earlier table wins, as in UAX #29's data.
+    # Control is the patterns' (surrogates, CR and LF included: see graphemes).
     for value, ranges in reversed([
-            (CONTROL, tables.CONTROL), (EXTEND, tables.EXTEND),
+            (CONTROL, graphemes.CONTROL), (ZWJ, graphemes.ZWJ), (EXTEND, tables.EXTEND),
             (SPACING_MARK, tables.SPACINGMARK), (PREPEND, tables.PREPEND),
             (REGIONAL_INDICATOR, tables.REGIONAL_INDICATOR), (L, tables.L), (V, tables.V),
             (T, tables.T), (LV, tables.LV), (LVT, tables.LVT)]):
         _set(found, ranges, value)
-    _set(found, ((0x200D, 0x200D),), ZWJ)
-    _set(found, (*SURROGATES, *CR_AND_LF), CONTROL)
     _add(found, tables.EXTENDED_PICTOGRAPHIC, PICTOGRAPHIC)
     # Indic_Conjunct_Break has one value per code point.
     _add(found, tables.INCB_CONSONANT, CONSONANT)

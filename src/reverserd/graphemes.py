@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 
 from reverserd import _unicode_tables as tables
-from reverserd import cluster_table
 
 Ranges = Iterable[tuple[int, int]]
 
@@ -89,6 +88,7 @@ def _reverser() -> Callable[[str], str]:
         from reverserd import cluster_patterns  # built only where they serve
         cluster_patterns.compiled()
         return cluster_patterns.reverse_text
+    from reverserd import cluster_table  # needed once, to load the compiled one
     compiled.load(*cluster_table.two_stage(cluster_table.properties()))
     reverse: Callable[[str], str] = compiled.reverse
     return reverse
