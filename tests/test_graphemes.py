@@ -212,6 +212,19 @@ def test_the_patterns_serve_where_the_compiled_segmenter_was_not_built(
         graphemes._reverser.cache_clear()
 
 
+@pytest.mark.parametrize("built", [True, False], ids=["compiled", "pattern"])
+def test_the_segmenter_can_be_imported_ahead_of_a_chroot(monkeypatch: pytest.MonkeyPatch,
+                                                         built: bool) -> None:
+    """Inside the jail the package's files are gone: what builds the segmenter
+    must be imported before, and built once the daemon serves."""
+    needed = "reverserd.cluster_table" if built else "reverserd.cluster_patterns"
+    monkeypatch.delitem(sys.modules, needed, raising=False)
+    if not built:
+        monkeypatch.setattr(graphemes, "_compiled_segmenter", lambda: None)
+    graphemes.import_segmenter()
+    assert needed in sys.modules
+
+
 def test_the_compiled_segmenter_refuses_what_it_cannot_use() -> None:
     compiled = graphemes._compiled_segmenter()
     assert compiled is not None

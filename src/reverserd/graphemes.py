@@ -18,6 +18,7 @@ character is a cluster of its own.
 from __future__ import annotations
 
 import functools
+import importlib
 import threading
 from collections.abc import Callable, Iterable
 from types import ModuleType
@@ -85,13 +86,21 @@ def _compiled_segmenter() -> ModuleType | None:
 def _reverser() -> Callable[[str], str]:
     compiled = _compiled_segmenter()
     if compiled is None:
-        from reverserd import cluster_patterns  # built only where they serve
+        # Imported only where they serve (see import_segmenter), and built here.
+        from reverserd import cluster_patterns
         cluster_patterns.compiled()
         return cluster_patterns.reverse_text
-    from reverserd import cluster_table  # needed once, to load the compiled one
+    from reverserd import cluster_table  # needed once, to load it (see import_segmenter)
     compiled.load(*cluster_table.two_stage(cluster_table.properties()))
     reverse: Callable[[str], str] = compiled.reverse
     return reverse
+
+
+def import_segmenter() -> None:
+    """Import what reverses text here, without building it yet (see ``prepare``):
+    a daemon enters its chroot before it serves, and cannot import there."""
+    importlib.import_module("reverserd.cluster_table" if _compiled_segmenter() is not None
+                            else "reverserd.cluster_patterns")
 
 
 def segmenter() -> str:

@@ -14,7 +14,7 @@ import dataclasses
 import pathlib
 import socket
 
-from reverserd import application, logs, persist, privileges, runner, workers
+from reverserd import application, graphemes, logs, persist, privileges, runner, workers
 from reverserd.config import Config
 from reverserd.directories import DirectoryHandle
 from reverserd.errors import UserError, os_reason
@@ -88,6 +88,7 @@ class Launch:
             claim.write_pidfile(owner)
         set_process_name(self.application.process_name or DEFAULT_PROCESS_NAME)
         if self.jail is not None:
+            graphemes.import_segmenter()  # the jail hides the package's files
             self.jail.enter()
         if self.account is not None:
             privileges.become(self.account)
