@@ -237,6 +237,34 @@ def test_valid_text_of_every_kind_takes_no_step_per_line(
     assert len(calls) == 101  # that block, line by line
 
 
+class AskedForBlocks(Reverser):
+    asked: ClassVar[list[int]] = []  # the lines of each read answer_block was asked for
+
+    def answer_block(self, data: bytes, start: int, end: int) -> tuple[bytes, int] | None:
+        AskedForBlocks.asked.append(data.count(b"\n", start, end + 1))
+        return super().answer_block(data, start, end)
+
+
+def test_a_read_of_one_line_is_answered_on_its_own_and_of_more_as_a_block() -> None:
+    async def one_read_at_a_time() -> None:
+        server = TCPServer(0, AskedForBlocks)
+        await server.start_service()
+        try:
+            reader, writer = await asyncio.open_connection(*server.address)
+            for read in (b"one line\n", b"telnet's line\r\n", b"two\nlines\r\n", b"quit\n"):
+                writer.write(read)  # each waits for the replies to the one before it
+                replies = expected_replies(read.removesuffix(b"quit\n"))
+                assert await asyncio.wait_for(reader.readexactly(len(replies)), 10) == replies
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+        finally:
+            await server.stop_service()
+
+    AskedForBlocks.asked.clear()
+    asyncio.run(one_read_at_a_time())
+    assert AskedForBlocks.asked == [2]
+
+
 class Slow(LineHandler):
     """Takes at least half a millisecond a line, and notes each loop turn's lines."""
 

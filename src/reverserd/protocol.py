@@ -20,7 +20,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar, cast
 
 from reverserd.addresses import format_sockaddr
@@ -176,7 +176,8 @@ class LineHandler(asyncio.Protocol):
         ``data[end]`` is the last LF of the lines to answer now. A subclass
         may answer a common case here without a Python step per line: the
         replies joined, each with its line end, and how many lines they
-        answer. ``None`` (the default) answers line by line.
+        answer. ``None`` (the default) answers line by line. Asked only for
+        reads of two lines or more: one line costs less on its own.
         """
         return None
 
@@ -437,42 +438,55 @@ class LineHandler(asyncio.Protocol):
             self._partial = data[start:stop]
         else:
             self._partial = data[end + 1:stop]
-            answers = self.answer_block(data, start, end)
-            if answers is None:
-                self._answer_each(data[start:end].split(LF), replies)
+            if data.find(LF, start, end) < 0:  # one line: cheaper on its own than as a block
+                self._answer_lines((data[start:end],), replies)
             else:
-                reply, count = answers
-                self.lines_answered += count
-                replies.append(reply)
+                answers = self.answer_block(data, start, end)
+                if answers is None:
+                    self._answer_each(data[start:end].split(LF), replies)
+                else:
+                    reply, count = answers
+                    self.lines_answered += count
+                    replies.append(reply)
         if len(self._partial) > self._limit and not self._closing:
             self._check_partial()
 
     def _answer_each(self, lines: list[bytes], replies: list[bytes]) -> None:
-        limit = self._limit
-        commands = self._commands
-        # The clock is read only where there is more than one check's worth of lines.
-        deadline = time.perf_counter() + TURN_SECONDS if len(lines) > TURN_CHECK else 0.0
+        """Answer ``lines`` one by one, for a turn's worth of time at most (the clock is
+        read only where there is more than one check's worth of lines)."""
+        if len(lines) <= TURN_CHECK:
+            self._answer_lines(lines, replies)
+            return
+        deadline = time.perf_counter() + TURN_SECONDS
         for first in range(0, len(lines), TURN_CHECK):
             if first and time.perf_counter() > deadline:
                 self._defer(lines[first:])
                 return
-            for line in lines[first:first + TURN_CHECK]:
-                if line[-1:] == CR:
-                    line = line[:-1]
-                    ending = CRLF
-                else:
-                    ending = LF
-                if len(line) > limit:
-                    raise LineTooLong(f"line of {len(line)} bytes exceeds the limit of {limit}")
-                command = commands.get(line)
-                reply = self._run_command(command) if command else self.line_received(line)
-                if reply is not None:
-                    replies += (reply, ending)
-                    self.lines_answered += 1
-                else:
-                    self.lines_unanswered += 1
-                if self._closing:
-                    return
+            if not self._answer_lines(lines[first:first + TURN_CHECK], replies):
+                return
+
+    def _answer_lines(self, lines: Sequence[bytes], replies: list[bytes]) -> bool:
+        """Answer ``lines`` one by one; ``False`` once a line has closed the connection."""
+        limit = self._limit
+        commands = self._commands
+        for line in lines:
+            if line[-1:] == CR:
+                line = line[:-1]
+                ending = CRLF
+            else:
+                ending = LF
+            if len(line) > limit:
+                raise LineTooLong(f"line of {len(line)} bytes exceeds the limit of {limit}")
+            command = commands.get(line)
+            reply = self._run_command(command) if command else self.line_received(line)
+            if reply is not None:
+                replies += (reply, ending)
+                self.lines_answered += 1
+            else:
+                self.lines_unanswered += 1
+            if self._closing:
+                return False
+        return True
 
     def _defer(self, lines: list[bytes]) -> None:
         """Leave ``lines`` (and the unfinished line after them) to the next turn."""
@@ -533,6 +547,6 @@ class Reverser(LineHandler):
             return None
         block = data[start:end + 1]  # no copy when it is all of ``data``
         for name in self._commands:
-            if name in block and not self._command_lines.isdisjoint(block.split(LF)):
+            if block.find(name) >= 0 and not self._command_lines.isdisjoint(block.split(LF)):
                 return None
         return reverse_block(block, self._limit)

@@ -92,13 +92,13 @@ def _reverse_lines(block: AnyStr, flip: Callable[[AnyStr, int], AnyStr], lf: Any
     search for a CR on top of the flip, the split and the join.
     """
     cr = crlf[:1]
-    if cr not in block:
+    if block.find(cr) < 0:
         return _in_order(flip(block, 1).split(lf), lf)
     if block.endswith(crlf):
         lines = flip(block, 2).split(lf + cr)
         if len(lines) == block.count(lf):  # every line ends CRLF
             return _in_order(lines, crlf)
-    if crlf not in block:  # CRs, none ending a line
+    if block.find(crlf) < 0:  # CRs, none ending a line
         return _in_order(flip(block, 1).split(lf), lf)
     marked = block.replace(crlf, mark)
     pieces = line_ends.split(flip(marked, 1))
