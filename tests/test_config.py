@@ -26,6 +26,7 @@ WHOLE_NUMBERS = {
     "--max-connections": (config.parse_max_connections, 1, 1_000_000),
     "--max-connections-per-peer": (config.parse_max_connections_per_peer, 0, 1_000_000),
     "--backlog": (config.parse_backlog, 1, 65535),
+    "--compact-after": (config.parse_compact_after, 0, 1_000_000),
 }
 #: Every duration option: its parser, its lowest value, whether that value
 #: itself is refused, and whether 0 means "off".
@@ -144,18 +145,18 @@ def test_help_groups_the_limits_and_shows_the_workers_range() -> None:
 def test_the_limit_options_have_the_documented_defaults() -> None:
     defaults = config.Config()
     assert (defaults.max_connections, defaults.max_connections_per_peer, defaults.idle_timeout,
-            defaults.write_timeout, defaults.backlog, defaults.worker_timeout) == (
-        10_000, 0, 300.0, 30.0, 1024, 30.0)
+            defaults.write_timeout, defaults.backlog, defaults.worker_timeout,
+            defaults.compact_after) == (10_000, 0, 300.0, 30.0, 1024, 30.0, 256)
 
 
 def test_the_new_options_reach_the_config() -> None:
     _, settings = cli.parse_command([
         "start", "--max-connections", "7", "--max-connections-per-peer", "2",
         "--idle-timeout", "0", "--write-timeout", "5", "--backlog", "9",
-        "--worker-timeout", "3.5"])
+        "--worker-timeout", "3.5", "--compact-after", "0"])
     assert (settings.max_connections, settings.max_connections_per_peer,
             settings.idle_timeout, settings.write_timeout, settings.backlog,
-            settings.worker_timeout) == (7, 2, 0.0, 5.0, 9, 3.5)
+            settings.worker_timeout, settings.compact_after) == (7, 2, 0.0, 5.0, 9, 3.5, 0)
 
 
 def test_the_built_in_reverser_listens_with_the_backlog_asked_for() -> None:

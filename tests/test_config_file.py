@@ -114,11 +114,11 @@ def test_bad_keys_and_values_are_usage_errors_naming_the_key(tmp_path: pathlib.P
 def test_the_limits_and_the_backlog_come_from_the_file_too(tmp_path: pathlib.Path) -> None:
     _, config = parse(tmp_path, "max-connections = 50\nmax-connections-per-peer = 3\n"
                       "idle-timeout = 0\nwrite-timeout = 2.5\nbacklog = 64\n"
-                      'worker-timeout = "7"\nstart-timeout = 0.5\n', "start",
+                      'worker-timeout = "7"\nstart-timeout = 0.5\ncompact-after = 12\n', "start",
                       "--write-timeout", "4")
     assert (config.max_connections, config.max_connections_per_peer, config.idle_timeout,
             config.write_timeout, config.backlog, config.worker_timeout,
-            config.start_timeout) == (50, 3, 0.0, 4.0, 64, 7.0, 0.5)
+            config.start_timeout, config.compact_after) == (50, 3, 0.0, 4.0, 64, 7.0, 0.5, 12)
 
 
 def test_a_config_file_that_is_a_fifo_is_refused_at_once(tmp_path: pathlib.Path,

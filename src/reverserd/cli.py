@@ -314,6 +314,12 @@ def _add_performance_options(parser: argparse.ArgumentParser,
                 default=defaults.worker_timeout, metavar="SECONDS",
                 help="with --workers, a worker silent (no heartbeat) this long is killed "
                 "and replaced")
+    _add_number(group, "--compact-after", parse=config.parse_compact_after,
+                default=defaults.compact_after, metavar="N",
+                help="once this many connections are open, serve each further one with "
+                "reverserd's compact transport: about half the memory, a little more work "
+                "to accept (standard loop; TCP, IPv6 and Unix listeners without TLS or "
+                "PROXY header); 0: every connection")
 
 
 def config_file_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -549,6 +555,7 @@ def parse_command(argv: Sequence[str] | None = None,
         backlog=options.backlog,
         max_connections=options.max_connections,
         max_connections_per_peer=options.max_connections_per_peer,
+        compact_after=options.compact_after,
         idle_timeout=options.idle_timeout,
         write_timeout=options.write_timeout,
         ready_fd=options.ready_fd,

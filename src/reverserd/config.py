@@ -85,6 +85,7 @@ class Config:
     backlog: int = limits.DEFAULT_BACKLOG
     max_connections: int = limits.DEFAULT_MAX_CONNECTIONS
     max_connections_per_peer: int = limits.DEFAULT_MAX_CONNECTIONS_PER_PEER
+    compact_after: int = limits.DEFAULT_COMPACT_AFTER
     idle_timeout: float = limits.DEFAULT_IDLE_TIMEOUT
     write_timeout: float = limits.DEFAULT_WRITE_TIMEOUT
     ready_fd: int | None = None
@@ -168,6 +169,7 @@ parse_log_max_bytes = WholeNumber("a number of bytes", 0, MAX_LOG_BYTES)
 parse_log_backups = WholeNumber("a number", 1, MAX_LOG_BACKUPS)
 parse_max_connections = WholeNumber("a number", 1, limits.MAX_CONNECTIONS)
 parse_max_connections_per_peer = WholeNumber("a number", 0, limits.MAX_CONNECTIONS)
+parse_compact_after = WholeNumber("a number", 0, limits.MAX_CONNECTIONS)
 parse_backlog = WholeNumber("a number", 1, limits.MAX_BACKLOG)
 parse_shutdown_timeout = Seconds(0)
 parse_start_timeout = Seconds(0, above_low=True)  # 0 would kill every daemon it starts

@@ -34,7 +34,7 @@ MAX_LIST_ITEMS = 64
 NUMERIC = frozenset({"port", "backlog", "max_line_length", "shutdown_timeout",
                      "start_timeout", "stop_timeout", "log_max_bytes", "log_backups",
                      "max_connections", "max_connections_per_peer", "idle_timeout",
-                     "write_timeout", "worker_timeout"})
+                     "write_timeout", "worker_timeout", "compact_after"})
 #: Options that take a number or a word, and what each expects.
 NUMBER_OR_WORD = {"user": "a name or a number", "group": "a name or a number",
                   "workers": "'auto' or a number"}

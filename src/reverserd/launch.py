@@ -161,7 +161,8 @@ def prepare(config: Config, claim: Claim | None, jail: Jail | None,
         if successor is not None:
             successor.offer.close_unused()
     limits = Limits(config.max_connections, config.max_connections_per_peer,
-                    config.idle_timeout, config.write_timeout, config.proxy_from)
+                    config.idle_timeout, config.write_timeout, config.proxy_from,
+                    config.compact_after)
     return Launch(app, account, jail, state_directory, loop, limits, config.worker_timeout,
                   supervision, reloader, worker_sockets, successor)
 

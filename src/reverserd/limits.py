@@ -14,6 +14,8 @@ DEFAULT_IDLE_TIMEOUT = 300.0  # seconds; 0 turns it off
 DEFAULT_WRITE_TIMEOUT = 30.0
 DEFAULT_BACKLOG = 1024  # the kernel caps it at net.core.somaxconn
 DEFAULT_WORKER_TIMEOUT = 30.0
+#: Open connections served by asyncio's own transport; those beyond, by a compact one.
+DEFAULT_COMPACT_AFTER = 256
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0  # seconds connections get at stop to answer what they received
 MAX_SECONDS = 86_400.0  # the longest any timeout may be: a day
 MAX_CONNECTIONS = 1_000_000

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from reverserd.limits import (
+    DEFAULT_COMPACT_AFTER,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_PEER,
@@ -74,6 +75,7 @@ class Limits:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
     proxy_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = DEFAULT_PROXY_FROM
+    compact_after: int = DEFAULT_COMPACT_AFTER  # open connections before compact transports
 
 
 def raise_descriptor_limit() -> tuple[int, int]:

@@ -36,6 +36,8 @@ OUT_OF_RANGE = [
     ("--max-connections", "0", "from 1 to 1000000"),
     ("--max-connections", "1000001", "from 1 to 1000000"),
     ("--max-connections-per-peer", "1000001", "from 0 to 1000000"),
+    ("--compact-after", "-1", "from 0 to 1000000"),
+    ("--compact-after", "1000001", "from 0 to 1000000"),
     ("--idle-timeout", "0.5", "0 (off) or 1 to 86400"),
     ("--idle-timeout", "86401", "0 (off) or 1 to 86400"),
     ("--write-timeout", "0", "1 to 86400"),
@@ -84,7 +86,8 @@ def test_every_bound_is_accepted(daemons: DaemonDirectory) -> None:
         "--log-max-bytes", str(2**40), "--log-backups", "1000", "--workers", "256",
         "--worker-timeout", "86400", "--max-connections", "1000000",
         "--max-connections-per-peer", "1000000", "--idle-timeout", "0",
-        "--write-timeout", "86400", "--interface", ".".join(["a" * 63] * 3 + ["a" * 61]))
+        "--compact-after", "1000000", "--write-timeout", "86400",
+        "--interface", ".".join(["a" * 63] * 3 + ["a" * 61]))
     assert (result.returncode, result.stderr) == (3, ""), result
 
 

@@ -166,8 +166,11 @@ def test_a_descriptor_limit_too_low_for_the_cap_is_a_warning_naming_both(
     assert 0 < int(match.group(1)) < 100
 
 
-def test_at_the_cap_newcomers_wait_and_are_served_when_one_quits(reverserd: Start) -> None:
-    process = reverserd("--foreground", "--port", "0", "--max-connections", "2")
+@pytest.mark.parametrize("serving", ["asyncio", "compact"])
+def test_at_the_cap_newcomers_wait_and_are_served_when_one_quits(reverserd: Start,
+                                                                serving: str) -> None:
+    process = reverserd("--foreground", "--port", "0", "--max-connections", "2",
+                        *SERVING[serving])
     port = process.wait_until_serving()
     first, second = connect(port), connect(port)
     assert ask(first, b"one") == b"eno\n" and ask(second, b"two") == b"owt\n"
@@ -186,14 +189,20 @@ def test_at_the_cap_newcomers_wait_and_are_served_when_one_quits(reverserd: Star
         sock.close()
 
 
-@pytest.mark.parametrize(("loop", "python"), [("asyncio", "virtualenv"), ("uvloop", "virtualenv"),
-                                             ("asyncio", "system")])
+#: How each kind of connection is served: by the loop's own transport, or by the compact one.
+SERVING = {"asyncio": ("--loop", "asyncio"), "uvloop": ("--loop", "uvloop"),
+           "compact": ("--loop", "asyncio", "--compact-after", "0")}
+
+
+@pytest.mark.parametrize(("serving", "python"), [
+    ("asyncio", "virtualenv"), ("uvloop", "virtualenv"), ("asyncio", "system"),
+    ("compact", "virtualenv"), ("compact", "system")])
 def test_a_burst_is_served_at_most_cap_at_a_time_and_none_is_reset(
-        reverserd: Start, loop: str, python: str) -> None:
+        reverserd: Start, serving: str, python: str) -> None:
     """Also on Debian's own Python, whose older asyncio read a connection
     paused as it was accepted."""
     command = system_python_reverserd() if python == "system" else None
-    process = reverserd("--foreground", "--port", "0", "--loop", loop,
+    process = reverserd("--foreground", "--port", "0", *SERVING[serving],
                         "--max-connections", "5", command=command)
     port = process.wait_until_serving()
     clients = []
@@ -239,10 +248,11 @@ def test_a_backlog_over_somaxconn_is_capped_and_logged(reverserd: Start) -> None
     assert listen_backlog(port) == somaxconn
 
 
+@pytest.mark.parametrize("serving", ["asyncio", "compact"])
 def test_idle_slow_and_non_reading_clients_are_closed_and_counted_in_status(
-        daemons: DaemonDirectory) -> None:
+        daemons: DaemonDirectory, serving: str) -> None:
     daemon = daemons.start("--idle-timeout", "1", "--write-timeout", "1",
-                           "--log-level", "debug")
+                           "--log-level", "debug", *SERVING[serving])
     idle = connect(daemon.port)
     loris = connect(daemon.port)
     loris.sendall(b"no line end")

@@ -6,6 +6,7 @@ import pathlib
 import shutil
 import socket
 import subprocess
+from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +19,17 @@ from tests.e2e.support import (
     send_until_stalled,
     small_buffered_client,
 )
+
+
+@pytest.fixture(params=[(), ("--loop", "asyncio", "--compact-after", "0")],
+                ids=["default", "compact"])
+def server(reverserd: Callable[..., ReverserdProcess],
+           request: pytest.FixtureRequest) -> ReverserdProcess:
+    """The built-in reverser in the foreground, debug logging on: as it starts by
+    default, and with every connection on the compact transport."""
+    process = reverserd("--foreground", "--port", "0", "--log-level", "debug", *request.param)
+    process.wait_until_serving()
+    return process
 
 
 @pytest.fixture

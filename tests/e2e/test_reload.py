@@ -373,9 +373,12 @@ def test_twenty_reloads_in_a_row_go_unnoticed_by_clients(generations: DaemonDire
     assert reverserd_processes_in(daemons.path) == [pids[-1]]
 
 
-def test_a_line_split_across_a_reload_is_answered_whole(generations: DaemonDirectory) -> None:
+@pytest.mark.parametrize("serving", [(), ("--loop", "asyncio", "--compact-after", "0")],
+                         ids=["default", "compact"])
+def test_a_line_split_across_a_reload_is_answered_whole(generations: DaemonDirectory,
+                                                        serving: tuple[str, ...]) -> None:
     daemons = generations
-    daemon = daemons.start()
+    daemon = daemons.start(*serving)
     with connect(daemon.port) as sock:
         sock.sendall(b"first\n")
         assert receive_exactly(sock, 6) == b"tsrif\n"
