@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import os
 import random
+import resource
 import socket
 import struct
 import warnings
@@ -817,6 +818,47 @@ def test_only_connections_past_compact_after_get_a_compact_transport() -> None:
         finally:
             await server.stop_service()
     assert run(scenario) == []
+
+
+def test_without_a_descriptor_to_spare_asyncios_transport_serves_the_connection() -> None:
+    """The take-over needs a second descriptor for a moment: where the open-file
+    limit leaves none, the connection is served as it would be below the mark."""
+    async def scenario() -> None:
+        server = TCPServer(0, Reverser)
+        server.policy = ConnectionPolicy(Limits(compact_after=0))
+        await server.start_service()
+        client = socket.socket()
+        client.setblocking(False)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        next_free = os.dup(client.fileno())
+        os.close(next_free)
+        try:
+            # The accepted connection takes the last descriptor the limit allows.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (next_free + 1, hard))
+            await asyncio.get_running_loop().sock_connect(client, server.address)
+            await until(lambda: server.connections(), "the connection")
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        try:
+            [handler] = server.connections()
+            assert type(handler.transport).__name__ == "_SelectorSocketTransport"
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendall(client, "héllo\r\nquit\n".encode())
+            assert await asyncio.wait_for(receive_all(loop, client), DEADLINE) == \
+                b"oll\xc3\xa9h\r\n"
+        finally:
+            client.close()
+            await server.stop_service()
+    # The loop's next accept, with no descriptor left, fails as well: that is all it says.
+    assert {error["message"] for error in run(scenario)} <= {
+        "socket.accept() out of system resource"}
+
+
+async def receive_all(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := await loop.sock_recv(sock, 4096):
+        received += chunk
+    return received
 
 
 def test_by_default_a_connection_keeps_asyncios_transport() -> None:
