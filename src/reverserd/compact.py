@@ -140,20 +140,16 @@ class CompactTransport(asyncio.Transport):
         except OSError as error:
             self._force_close(error)
             return
-        if data:
-            try:
-                self._protocol.data_received(data)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as error:  # as asyncio's transport: even a cancellation
-                self._fatal_error(error, "Fatal error: protocol.data_received() call failed.")
-            return
         try:
+            if data:
+                self._protocol.data_received(data)
+                return
             keep_open = self._protocol.eof_received()
         except (SystemExit, KeyboardInterrupt):
             raise
-        except BaseException as error:
-            self._fatal_error(error, "Fatal error: protocol.eof_received() call failed.")
+        except BaseException as error:  # as asyncio's transport: even a cancellation
+            called = "data_received" if data else "eof_received"
+            self._fatal_error(error, f"Fatal error: protocol.{called}() call failed.")
             return
         if keep_open:
             self._loop.remove_reader(self._sock.fileno())  # kept open to write

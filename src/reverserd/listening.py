@@ -522,8 +522,7 @@ class ListeningService(Service):
             on_turn()
         if self._all_closed is not None:
             handler.request_stop()
-        if not transport.is_reading() and not transport.is_closing() \
-                and not isinstance(transport, CompactTransport):
+        if not transport.is_reading() and not transport.is_closing():
             self._loop.call_soon(_keep_paused, transport)
 
     def _open(self, handler: LineHandler, transport: asyncio.Transport,

@@ -68,10 +68,8 @@ def _command_table(handler_class: type) -> dict[bytes, str]:
 
 
 def _turn_length(data: bytes, start: int) -> int:
-    """How many bytes of ``data[start:]`` one turn answers (see ``TURN_BYTES``)."""
+    """How many bytes of ``data[start:]``, more than ``TURN_BYTES``, one turn answers."""
     size = len(data) - start
-    if size <= TURN_BYTES:
-        return size
     if not data.isascii():
         return TURN_BYTES
     lines = data.count(LF, start)
