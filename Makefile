@@ -62,15 +62,16 @@ $(BIN)/python:
 	@bash scripts/apt-ensure python3-venv $(PYTHON) -c 'import ensurepip, venv'
 	$(PYTHON) -m venv $(VENV)
 
-# What pip needs to build the compiled segmenter (src/reverserd/_clusters.c): a C compiler and
-# Python's headers. Without them pip still installs reverserd, with the slower pattern segmenter.
+# What pip needs to build the compiled parts (src/reverserd/_clusters.c, _lines.c): a C compiler
+# and Python's headers. Without them pip still installs reverserd, with slower pure-Python paths.
 define ENSURE_COMPILER
 @bash scripts/apt-ensure gcc sh -c 'command -v cc'
 @bash scripts/apt-ensure libc6-dev test -e /usr/include/stdio.h
 @bash scripts/apt-ensure python3-dev $(PYTHON) -c 'import os, sysconfig; \
 	assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))'
 endef
-INSTALLED_FROM := $(BIN)/python setup.cfg setup.py pyproject.toml src/reverserd/_clusters.c
+INSTALLED_FROM := $(BIN)/python setup.cfg setup.py pyproject.toml src/reverserd/_clusters.c \
+	src/reverserd/_lines.c
 
 $(VENV)/.installed-run: $(INSTALLED_FROM)
 	$(ENSURE_COMPILER)

@@ -8,6 +8,13 @@ from typing import AnyStr
 
 from reverserd.graphemes import may_join, reverse_text
 
+AsciiLinesPass = Callable[[bytes, int, dict[bytes, str]], tuple[bytes, int] | None]
+reverse_ascii_lines: AsciiLinesPass | None
+try:
+    from reverserd._lines import reverse_ascii_lines
+except ImportError:  # installed without a C compiler or Python's headers
+    reverse_ascii_lines = None
+
 # Stands for a CRLF line end while a block mixing LF and CRLF lines is
 # reversed: a byte no ASCII text holds, a code point no decoded UTF-8 holds.
 _BYTE_MARK = b"\xff"
@@ -32,6 +39,19 @@ def reverse(line: bytes) -> bytes:
     except UnicodeDecodeError:
         return line[::-1]
     return (reverse_text(text) if may_join(line) else text[::-1]).encode("utf-8")
+
+
+def reverse_ascii_block(block: bytes, limit: int,
+                        commands: dict[bytes, str]) -> tuple[bytes, int] | None:
+    """What ``reverse_block`` gives for a block of ASCII lines, in one pass of C.
+
+    ``None`` where that pass declines (text that is not ASCII, a line over
+    ``limit``, a line that is one of ``commands``), or was not built at
+    install: ``reverse_block`` and the line-by-line path answer those.
+    """
+    if reverse_ascii_lines is None:
+        return None
+    return reverse_ascii_lines(block, limit, commands)
 
 
 def reverse_block(block: bytes, limit: int) -> tuple[bytes, int] | None:
