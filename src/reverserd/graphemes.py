@@ -63,7 +63,7 @@ JOINERS = (*POST, *tables.PREPEND, *tables.L, *tables.V, *tables.T, *LOOSE_LINKE
 
 
 @functools.cache
-def _joiner_lead_bytes() -> bytes:
+def joiner_lead_bytes() -> bytes:
     """The first bytes of the joiners' UTF-8 forms (and of every form above
     U+FFFF): most scripts (CJK and Cyrillic among them) share none, and
     deleting them from a whole read is cheaper than scanning its decoded text."""
@@ -141,7 +141,7 @@ def _ready() -> Callable[[str], str]:
 def may_join(utf8: bytes) -> bool:
     """False when no character of ``utf8`` can belong to a cluster of more
     than one: its text may then be reversed by code point."""
-    return len(utf8.translate(None, _joiner_lead_bytes())) != len(utf8)
+    return len(utf8.translate(None, joiner_lead_bytes())) != len(utf8)
 
 
 def reverse_text(text: str) -> str:

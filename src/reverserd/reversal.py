@@ -6,14 +6,14 @@ import re
 from collections.abc import Callable
 from typing import AnyStr
 
-from reverserd.graphemes import may_join, reverse_text
+from reverserd.graphemes import joiner_lead_bytes, may_join, reverse_text
 
-AsciiLinesPass = Callable[[bytes, int, dict[bytes, str]], tuple[bytes, int] | None]
-reverse_ascii_lines: AsciiLinesPass | None
+LinesPass = Callable[[bytes, int, dict[bytes, str], bytes], tuple[bytes, int] | None]
+reverse_lines: LinesPass | None
 try:
-    from reverserd._lines import reverse_ascii_lines
+    from reverserd._lines import reverse_lines
 except ImportError:  # installed without a C compiler or Python's headers
-    reverse_ascii_lines = None
+    reverse_lines = None
 
 # Stands for a CRLF line end while a block mixing LF and CRLF lines is
 # reversed: a byte no ASCII text holds, a code point no decoded UTF-8 holds.
@@ -41,17 +41,19 @@ def reverse(line: bytes) -> bytes:
     return (reverse_text(text) if may_join(line) else text[::-1]).encode("utf-8")
 
 
-def reverse_ascii_block(block: bytes, limit: int,
+def reverse_plain_block(block: bytes, limit: int,
                         commands: dict[bytes, str]) -> tuple[bytes, int] | None:
-    """What ``reverse_block`` gives for a block of ASCII lines, in one pass of C.
+    """What ``reverse_block`` gives, in one pass of C, for a block whose every
+    character is a cluster of its own: ASCII, Cyrillic, CJK and most text.
 
-    ``None`` where that pass declines (text that is not ASCII, a line over
-    ``limit``, a line that is one of ``commands``), or was not built at
-    install: ``reverse_block`` and the line-by-line path answer those.
+    ``None`` where that pass declines (invalid UTF-8, a character that may
+    join others, a line over ``limit``, a line that is one of ``commands``),
+    or was not built at install: ``reverse_block`` and the line-by-line path
+    answer those.
     """
-    if reverse_ascii_lines is None:
+    if reverse_lines is None:
         return None
-    return reverse_ascii_lines(block, limit, commands)
+    return reverse_lines(block, limit, commands, joiner_lead_bytes())
 
 
 def reverse_block(block: bytes, limit: int) -> tuple[bytes, int] | None:
