@@ -136,6 +136,14 @@ def test_the_pass_is_built_and_refuses_what_it_cannot_use() -> None:
         compiled(b"", LIMIT, COMMANDS, leads)
     with pytest.raises(TypeError, match="must be bytes"):
         compiled(b"abc\n", LIMIT, {"quit": "handle_quit"}, leads)  # type: ignore[dict-item]
+    for wrong in [("abc\n", LIMIT, COMMANDS, leads), (b"abc\n", "40", COMMANDS, leads),
+                  (b"abc\n", LIMIT, list(COMMANDS), leads), (b"abc\n", LIMIT, COMMANDS, "")]:
+        with pytest.raises(TypeError, match="takes bytes, an int, a dict and bytes"):
+            compiled(*wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="takes bytes, an int, a dict and bytes"):
+        compiled(b"abc\n", LIMIT, COMMANDS)  # type: ignore[call-arg]
+    with pytest.raises(OverflowError):
+        compiled(b"abc\n", 2 ** 70, COMMANDS, leads)
 
 
 def test_the_server_answers_through_the_pass_and_the_same_without_it(

@@ -497,7 +497,7 @@ class ListeningService(Service):
         else:
             transport.set_protocol(handler)
         streams.connection_lost(None)
-        writer.__class__ = _RetiredWriter
+        writer.__class__ = _RetiredWriter  # type: ignore[assignment]  # a writer no more
         self._connections[handler] = None
         if opening is None:
             try:
@@ -572,20 +572,17 @@ class ListeningService(Service):
             self._all_closed.set_result(None)
 
 
-class _RetiredWriter(asyncio.StreamWriter):
-    """A writer whose transport now belongs to a ``LineHandler``.
+class _RetiredWriter:
+    """What a ``StreamWriter`` becomes once its transport belongs to a ``LineHandler``:
+    the writer's fields, and none of its methods.
 
     From Python 3.11.5 on, a ``StreamWriter`` closes its transport when it is
     collected, to save programs that forget to close their streams. Here the
     handler owns the connection and closes it itself, on every path, so a
-    writer retired this way may be freed with its reader and stream protocol
-    while the connection goes on. It adds no field, so any writer can become one.
+    writer retired this way is freed with its reader and stream protocol
+    while the connection goes on, with no finaliser to run. A plain class has
+    a writer's layout (attributes in a ``__dict__``), so any writer can become one.
     """
-
-    __slots__ = ()
-
-    def __del__(self) -> None:
-        """Leave the transport open: its handler closes it."""
 
 
 def _keep_paused(transport: asyncio.Transport) -> None:

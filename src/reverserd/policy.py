@@ -225,7 +225,8 @@ class ConnectionPolicy:
         if self.open > self.max_connections:
             transport.pause_reading()  # it waits its turn, as it would have in the queue
             self._waiting[handler] = on_turn or transport.resume_reading
-        return listener.endpoint.proxied or self.admit_peer(handler)
+        return listener.endpoint.proxied or not self.limits.max_connections_per_peer \
+            or self.admit_peer(handler)
 
     def waiting(self, handler: LineHandler) -> bool:
         return handler in self._waiting
