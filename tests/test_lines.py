@@ -1,4 +1,5 @@
-"""The compiled pass over a read's lines: the same replies as line by line, or none."""
+"""A read's lines answered at once: by the compiled pass, or by the Python block path
+where it declines or was not built; the same replies as line by line, or none."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from hypothesis import strategies as st
 from reverserd import reversal
 from reverserd.graphemes import joiner_lead_bytes, may_join
 from reverserd.protocol import Reverser
-from reverserd.reversal import reverse_block, reverse_plain_block
+from reverserd.reversal import reverse_block, reverse_read
 from tests.test_protocol import exchange, expected_replies
 from tests.test_reversal import SPECIAL_TEXT, line_by_line
 
 COMMANDS = {b"quit": "handle_quit", b"go_on": "handle_go_on"}
+COMMAND_LINES = frozenset([*COMMANDS, *(name + b"\r" for name in COMMANDS)])
 LIMIT = 40
 
 # Lines near every boundary the pass decides on: command names with and
@@ -58,6 +60,15 @@ def is_plain_text(block: bytes) -> bool:
     return not may_join(block)
 
 
+def reverse_plain_block(block: bytes, limit: int,
+                        commands: dict[bytes, str]) -> tuple[bytes, int] | None:
+    """The compiled pass alone, as the server calls it."""
+    compiled = reversal.reverse_lines
+    assert compiled is not None, (
+        "reverserd._lines was not built: 'make test' installs gcc and the Python headers")
+    return compiled(block, limit, commands, joiner_lead_bytes())
+
+
 @settings(max_examples=2500, deadline=None)
 @given(blocks)
 def test_the_pass_answers_what_line_by_line_answers_or_declines(block: bytes) -> None:
@@ -69,6 +80,35 @@ def test_the_pass_answers_what_line_by_line_answers_or_declines(block: bytes) ->
         assert answered == (line_by_line(block), len(lines))
         # the Python block path may leave a line of nearly the limit to the line-by-line one
         assert reverse_block(block, LIMIT) in (answered, None)
+
+
+@pytest.mark.parametrize("built", [True, False])
+@settings(max_examples=1500, deadline=None)
+@given(block=blocks)
+def test_a_read_is_answered_at_once_exactly_or_left_to_the_line_by_line_path(
+        built: bool, block: bytes) -> None:
+    """Whichever way answers a read: declined where a line must be answered on its
+    own, and otherwise the line-by-line answer, or (for text near the limit, which
+    the Python block path measures roughly) a decline."""
+    pass_as_built = reversal.reverse_lines
+    try:
+        if not built:
+            reversal.reverse_lines = None
+        answered = reverse_read(block, LIMIT, COMMANDS, COMMAND_LINES)
+    finally:
+        reversal.reverse_lines = pass_as_built
+    lines = block[:-1].split(b"\n")
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        assert answered is None
+        return
+    if any(map(is_command_or_over_limit, lines)):
+        assert answered is None
+    elif block.isascii() or (built and is_plain_text(block)):
+        assert answered == (line_by_line(block), len(lines))
+    else:
+        assert answered in ((line_by_line(block), len(lines)), None)
 
 
 @pytest.mark.parametrize(("block", "replies"), [
@@ -167,5 +207,5 @@ def test_the_server_answers_through_the_pass_and_the_same_without_it(
     assert asyncio.run(exchange(Reverser, b"a\nquit\nb\n")) == b"a\n"
     assert answered_by_pass == [False]  # the read with a command, answered line by line
     monkeypatch.setattr(reversal, "reverse_lines", None)
-    assert reverse_plain_block(b"abc\n", LIMIT, COMMANDS) is None
     assert asyncio.run(exchange(Reverser, stream)) == with_pass
+    assert reverse_read(b"ab\ncd\n", LIMIT, COMMANDS, COMMAND_LINES) == (b"ba\ndc\n", 2)

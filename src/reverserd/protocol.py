@@ -27,7 +27,7 @@ from reverserd.addresses import format_sockaddr
 from reverserd.graphemes import prepare
 from reverserd.kernel_queues import bytes_acked, reset_on_close, unacknowledged
 from reverserd.persist import restorable
-from reverserd.reversal import reverse, reverse_block, reverse_plain_block
+from reverserd.reversal import reverse, reverse_read
 
 log = logging.getLogger(__name__)
 
@@ -533,23 +533,14 @@ class Reverser(LineHandler):
         return reverse(line)
 
     def answer_block(self, data: bytes, start: int, end: int) -> tuple[bytes, int] | None:
-        """Reverse every line of a block at once (see ``reverse_block``).
+        """Reverse every line of a block at once (see ``reverse_read``).
 
         Only where that is exactly what ``line_received`` would do line by
         line: no command line in the block, no line over the limit, and
-        ``line_received`` not overridden. ASCII and most text (every
-        character a cluster of its own) take one pass of C that also looks
-        for command lines; where it declines, a command's name found
-        anywhere in the block costs a look at each line, and finding none
-        costs a substring search.
+        ``line_received`` not overridden.
         """
         if not self._reverses_blocks:
             return None
-        block = data[start:end + 1]  # no copy when it is all of ``data``
-        replies = reverse_plain_block(block, self._limit, self._commands)
-        if replies is not None:
-            return replies
-        for name in self._commands:
-            if block.find(name) >= 0 and not self._command_lines.isdisjoint(block.split(LF)):
-                return None
-        return reverse_block(block, self._limit)
+        # no copy when the block is all of ``data``
+        return reverse_read(data[start:end + 1], self._limit, self._commands,
+                            self._command_lines)

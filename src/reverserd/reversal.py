@@ -41,19 +41,28 @@ def reverse(line: bytes) -> bytes:
     return (reverse_text(text) if may_join(line) else text[::-1]).encode("utf-8")
 
 
-def reverse_plain_block(block: bytes, limit: int,
-                        commands: dict[bytes, str]) -> tuple[bytes, int] | None:
-    """What ``reverse_block`` gives, in one pass of C, for a block whose every
-    character is a cluster of its own: ASCII, Cyrillic, CJK and most text.
+def reverse_read(block: bytes, limit: int, commands: dict[bytes, str],
+                 command_lines: frozenset[bytes]) -> tuple[bytes, int] | None:
+    """The replies to every line of ``block`` at once, and how many lines; ``None``
+    where they must be answered one by one: a line is one of ``commands`` (as
+    split at LF, ``command_lines``: with its CR or without), over ``limit``
+    bytes, or the block is not UTF-8.
 
-    ``None`` where that pass declines (invalid UTF-8, a character that may
-    join others, a line over ``limit``, a line that is one of ``commands``),
-    or was not built at install: ``reverse_block`` and the line-by-line path
-    answer those.
+    ASCII and text whose every character is a cluster of its own (Cyrillic,
+    CJK, most scripts) take one pass of C, which also looks for command
+    lines; an ASCII block it declines holds a command or an over-long line.
+    Other text, and every block where that pass was not built at install,
+    go to ``reverse_block``, after a search for each command's name (a look
+    at each line only where one is found).
     """
-    if reverse_lines is None:
-        return None
-    return reverse_lines(block, limit, commands, joiner_lead_bytes())
+    if reverse_lines is not None:
+        replies = reverse_lines(block, limit, commands, joiner_lead_bytes())
+        if replies is not None or block.isascii():
+            return replies
+    for name in commands:
+        if block.find(name) >= 0 and not command_lines.isdisjoint(block.split(b"\n")):
+            return None
+    return reverse_block(block, limit)
 
 
 def reverse_block(block: bytes, limit: int) -> tuple[bytes, int] | None:
