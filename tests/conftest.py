@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import pathlib
@@ -11,10 +12,27 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import settings
 
+from reverserd.loops import standard_loop
+
 # No deadline per example: speed is measured by make bench, and the unit tests run beside
 # the end-to-end ones (make test), on a machine whose load says nothing about the code.
 settings.register_profile("reverserd", deadline=None)
 settings.load_profile("reverserd")
+
+
+class StandardLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """``asyncio.run`` in a test makes the standard loop as the daemon makes it
+    (``--loop asyncio``): on reverserd's selector."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return standard_loop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def daemons_standard_loop() -> Iterator[None]:
+    asyncio.set_event_loop_policy(StandardLoopPolicy())
+    yield
+    asyncio.set_event_loop_policy(None)
 
 
 @pytest.fixture

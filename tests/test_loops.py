@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from reverserd.errors import UserError
-from reverserd.loops import loop_factory
+from reverserd.loops import loop_factory, standard_loop
+from reverserd.polling import EpollSelector
 
 
 def without_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,7 +42,26 @@ def test_auto_without_uvloop_falls_back_to_the_standard_loop(
         monkeypatch: pytest.MonkeyPatch) -> None:
     without_uvloop(monkeypatch)
     name, factory = loop_factory("auto")
-    assert name == "asyncio" and factory is asyncio.new_event_loop
+    assert name == "asyncio" and factory is standard_loop
+
+
+def test_the_standard_loop_polls_through_reverserds_selector(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    polls = []
+    real_select = EpollSelector.select
+
+    def counted(selector: EpollSelector, timeout: float | None = None) -> object:
+        polls.append(timeout)
+        return real_select(selector, timeout)
+
+    monkeypatch.setattr(EpollSelector, "select", counted)
+    loop = standard_loop()
+    try:
+        assert isinstance(loop, asyncio.SelectorEventLoop)
+        loop.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        loop.close()
+    assert polls
 
 
 def test_uvloop_asked_for_but_missing_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:

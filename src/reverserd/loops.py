@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import select
 from collections.abc import Callable
 
 from reverserd.errors import UserError
+from reverserd.polling import EpollSelector
 
 CHOICES = ("auto", "asyncio", "uvloop")
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -23,12 +25,20 @@ def loop_factory(choice: str) -> tuple[str, LoopFactory]:
     otherwise; ``uvloop`` without uvloop installed is a one-line error.
     """
     if choice == "asyncio":
-        return "asyncio", asyncio.new_event_loop
+        return "asyncio", standard_loop
     try:
         uvloop = importlib.import_module("uvloop")
     except ImportError:
         if choice == "uvloop":
             raise UserError("--loop uvloop: uvloop is not installed "
                             "(pip install 'reverserd[uvloop]')") from None
-        return "asyncio", asyncio.new_event_loop
+        return "asyncio", standard_loop
     return "uvloop", uvloop.new_event_loop
+
+
+def standard_loop() -> asyncio.AbstractEventLoop:
+    """The standard library's event loop, on reverserd's epoll selector where
+    there is epoll (see ``polling``)."""
+    if hasattr(select, "epoll"):
+        return asyncio.SelectorEventLoop(EpollSelector())
+    return asyncio.new_event_loop()

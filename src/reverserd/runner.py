@@ -25,7 +25,7 @@ from reverserd.errors import UserError, os_reason
 from reverserd.graphemes import segmenter
 from reverserd.handover import Outcome, Succeeding
 from reverserd.listening import lines_served, listening_addresses, listening_services, release_all
-from reverserd.loops import LoopFactory
+from reverserd.loops import LoopFactory, standard_loop
 from reverserd.notify import Supervision
 from reverserd.pidfile import Claim
 from reverserd.policy import (
@@ -101,7 +101,7 @@ def take_over(successor: Succeeding, claim: Claim | None, application: Applicati
 def run(application: Application, claim: Claim | None = None,
         on_ready: ReadyCallback | None = None,
         save_to: DirectoryHandle | None = None,
-        loop: tuple[str, LoopFactory] = ("asyncio", asyncio.new_event_loop),
+        loop: tuple[str, LoopFactory] = ("asyncio", standard_loop),
         supervisor: Supervise | None = None, limits: Limits | None = None,
         supervision: Supervision | None = None,
         generations: Generations | None = None) -> None:
