@@ -64,10 +64,10 @@ async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:
     """Whether the server closed: end of file, or a reset (it closed with our
-    bytes unread)."""
+    bytes unread), or a broken pipe (we wrote on after its end of file and its reset)."""
     try:
         return await asyncio.wait_for(reader.read(), DEADLINE) == b""
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):
         return True
 
 
