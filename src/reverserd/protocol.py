@@ -520,11 +520,12 @@ def close_after_replies(transport: asyncio.Transport) -> None:
     then gets both at once, and is woken once instead of twice: that wake-up
     is most of what a short connection costs the server's kernel.
     """
-    if transport.can_write_eof():
-        try:
-            transport.write_eof()
-        except OSError:  # the peer is gone already: close says so
-            pass
+    try:
+        transport.write_eof()
+    except NotImplementedError:  # TLS: no half-close (can_write_eof() says so, in a call more)
+        pass
+    except OSError:  # the peer is gone already: close says so
+        pass
     transport.close()
 
 
