@@ -24,6 +24,10 @@ READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 Step = Callable[[selectors.BaseSelector], Any]
 
 
+class Descriptor(int):
+    """A descriptor number that is not exactly an ``int``."""
+
+
 def outcome(selector: selectors.BaseSelector, step: Step) -> object:
     """What a step gives: a key as a plain tuple, a list of ready keys by
     descriptor, or the type of the error it raised."""
@@ -75,6 +79,7 @@ def test_registering_modifying_and_unregistering_answer_alike(
         same(pair, lambda s: s.get_key(regular))  # the failed registration left nothing
         same(pair, lambda s: s.get_key(left))
         same(pair, lambda s: s.get_key(left.fileno()))
+        same(pair, lambda s: s.get_key(Descriptor(left.fileno())))  # an int of another type
         same(pair, lambda s: s.modify(left, READ, "other data"))
         same(pair, lambda s: s.modify(left, READ, "other data"))  # nothing changes
         same(pair, lambda s: s.modify(fd, WRITE, "written"))

@@ -28,8 +28,8 @@ FileObject = Any  # an int descriptor, or anything with fileno(): selectors' own
 
 def _descriptor(fileobj: FileObject) -> int:
     """``fileobj``'s descriptor, checked as ``selectors`` checks it."""
-    if type(fileobj) is int:
-        fd = fileobj
+    if isinstance(fileobj, int):
+        fd = int(fileobj)
     else:
         try:
             fd = int(fileobj.fileno())
