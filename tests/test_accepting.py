@@ -47,6 +47,19 @@ def conversions(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     return made
 
 
+def set_options(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Every socket option any ``socket.socket`` sets from now on."""
+    made: list[tuple[int, int]] = []
+    set_option = socket.socket.setsockopt
+
+    def counted(sock: socket.socket, level: int, option: int, *value: object) -> None:
+        made.append((level, option))
+        set_option(sock, level, option, *value)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(socket.socket, "setsockopt", counted)
+    return made
+
+
 FAMILIES = [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX]
 
 
@@ -78,7 +91,8 @@ def test_accepted_sockets_know_their_family_and_type_as_the_kernel_says(
 def test_the_standard_loop_accepts_through_it_and_sets_no_delay_on_tcp(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """asyncio turns Nagle's algorithm off for TCP only, deciding by the family and
-    type it reads: the accepted connection must have both right."""
+    type it reads: the accepted connection must have both right, and have it off
+    from the listening socket, with no system call of asyncio's for it."""
     async def scenario() -> None:
         with listener(socket.AF_INET) as (bound, address):
             accepted: list[asyncio.StreamWriter] = []
@@ -88,12 +102,14 @@ def test_the_standard_loop_accepts_through_it_and_sets_no_delay_on_tcp(
             async with server:
                 with socket.create_connection(address):  # the kernel accepts it at once
                     made = conversions(monkeypatch)
+                    options_set = set_options(monkeypatch)
                     for _ in range(100):
                         if accepted:
                             break
                         await asyncio.sleep(0.01)
                     assert accepted, "the connection was not accepted in a second"
                     assert made == []  # asyncio's accept and its TCP_NODELAY test converted none
+                    assert options_set == []  # asyncio set no TCP_NODELAY of its own
                     sock = accepted[0].get_extra_info("socket")
                     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
                     accepted[0].close()
