@@ -50,6 +50,17 @@ def pair() -> Iterator[tuple[selectors.BaseSelector, selectors.BaseSelector]]:
     ours.close()
 
 
+@pytest.fixture
+def watched(pair: tuple[selectors.BaseSelector, selectors.BaseSelector]
+            ) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A connected pair of sockets, the first registered for reading with both selectors."""
+    left, right = socket.socketpair()
+    with left, right:
+        for selector in pair:
+            selector.register(left, READ)
+        yield left, right
+
+
 def same(pair: tuple[selectors.BaseSelector, selectors.BaseSelector], step: Step) -> object:
     standard, ours = pair
     expected, got = outcome(standard, step), outcome(ours, step)
@@ -107,36 +118,33 @@ def test_a_closed_socket_is_still_unregistered_by_its_object(
 
 
 def test_what_is_ready_is_reported_alike(
-        pair: tuple[selectors.BaseSelector, selectors.BaseSelector]) -> None:
-    left, right = socket.socketpair()
-    with left, right:
-        for selector in pair:
-            selector.register(left, READ)
-            selector.register(right.fileno(), READ | WRITE)
-        assert same(pair, lambda s: s.select(0)) == [(right.fileno(), WRITE)]
-        right.send(b"x")
-        assert same(pair, lambda s: s.select(0)) == [(left.fileno(), READ),
-                                                    (right.fileno(), WRITE)]
-        assert same(pair, lambda s: s.select(None)) == same(pair, lambda s: s.select(0.5))
-        left.shutdown(socket.SHUT_RDWR)  # a hang-up wakes every direction asked for
-        assert same(pair, lambda s: s.select(-1)) == [(left.fileno(), READ),
-                                                     (right.fileno(), READ | WRITE)]
-        for selector in pair:
-            selector.unregister(left)
-            selector.unregister(right)
-        assert same(pair, lambda s: s.select(0.001)) == []
+        pair: tuple[selectors.BaseSelector, selectors.BaseSelector],
+        watched: tuple[socket.socket, socket.socket]) -> None:
+    left, right = watched
+    for selector in pair:
+        selector.register(right.fileno(), READ | WRITE)
+    assert same(pair, lambda s: s.select(0)) == [(right.fileno(), WRITE)]
+    right.send(b"x")
+    assert same(pair, lambda s: s.select(0)) == [(left.fileno(), READ), (right.fileno(), WRITE)]
+    assert same(pair, lambda s: s.select(None)) == same(pair, lambda s: s.select(0.5))
+    left.shutdown(socket.SHUT_RDWR)  # a hang-up wakes every direction asked for
+    assert same(pair, lambda s: s.select(-1)) == [(left.fileno(), READ),
+                                                 (right.fileno(), READ | WRITE)]
+    for selector in pair:
+        selector.unregister(left)
+        selector.unregister(right)
+    assert same(pair, lambda s: s.select(0.001)) == []
 
 
 def test_a_closed_selector_refuses_to_be_asked(
-        pair: tuple[selectors.BaseSelector, selectors.BaseSelector]) -> None:
-    left, right = socket.socketpair()
-    with left, right:
-        for selector in pair:
-            selector.register(left, READ)
-            selector.close()
-        assert same(pair, lambda s: s.get_key(left)) is RuntimeError
-        assert same(pair, lambda s: s.select(0)) is ValueError
-        assert same(pair, lambda s: s.register(right, READ)) is ValueError
+        pair: tuple[selectors.BaseSelector, selectors.BaseSelector],
+        watched: tuple[socket.socket, socket.socket]) -> None:
+    left, right = watched
+    for selector in pair:
+        selector.close()
+    assert same(pair, lambda s: s.get_key(left)) is RuntimeError
+    assert same(pair, lambda s: s.select(0)) is ValueError
+    assert same(pair, lambda s: s.register(right, READ)) is ValueError
 
 
 def test_its_descriptor_is_its_epoll() -> None:

@@ -15,21 +15,17 @@ listening socket (see ``duplicate``).
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
-_classes: dict[tuple[int, int], tuple[type[socket.socket], type[socket.socket]]] = {}
 
-
-def _listening(sock: socket.socket) -> type[socket.socket]:
-    family, kind = sock.family, sock.type
-    pair = _classes.get((family, kind))
-    if pair is None:
-        known = {"__slots__": (), "family": family, "type": kind}
-        accepted = type("AcceptedSocket", (socket.socket,), known)
-        listening = type("ListeningSocket", (_Accepting,), {**known, "_accepted": accepted})
-        pair = _classes[family, kind] = (listening, accepted)
-    return pair[0]
+@functools.cache
+def _listening(family: socket.AddressFamily, kind: socket.SocketKind) -> type[socket.socket]:
+    """The listening class for ``family`` and ``kind``, made once each."""
+    known = {"__slots__": (), "family": family, "type": kind}
+    accepted = type("AcceptedSocket", (socket.socket,), known)
+    return type("ListeningSocket", (_Accepting,), {**known, "_accepted": accepted})
 
 
 class _Accepting(socket.socket):
@@ -60,7 +56,7 @@ def duplicate(sock: socket.socket) -> socket.socket:
             pass
     fd = os.dup(sock.fileno())
     try:
-        return _listening(sock)(sock.family, sock.type, proto, fileno=fd)
+        return _listening(sock.family, sock.type)(sock.family, sock.type, proto, fileno=fd)
     except BaseException:
         os.close(fd)
         raise

@@ -582,7 +582,7 @@ class ListeningService(Service):
 
 class _RetiredWriter:
     """What a ``StreamWriter`` becomes once its transport belongs to a ``LineHandler``:
-    the writer's fields, and none of its methods.
+    an empty object, with none of its methods.
 
     From Python 3.11.5 on, a ``StreamWriter`` closes its transport when it is
     collected, to save programs that forget to close their streams. Here the

@@ -522,7 +522,7 @@ def close_after_replies(transport: asyncio.Transport) -> None:
     """
     try:
         transport.write_eof()
-    except NotImplementedError:  # TLS: no half-close (can_write_eof() says so, in a call more)
+    except NotImplementedError:  # no half-close (TLS): asking can_write_eof() costs a call
         pass
     except OSError:  # the peer is gone already: close says so
         pass
