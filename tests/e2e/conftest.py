@@ -18,9 +18,9 @@ def reverserd(tmp_path: pathlib.Path) -> Iterator[Callable[..., ReverserdProcess
     started: list[ReverserdProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None,
-              command: list[str] | None = None) -> ReverserdProcess:
+              command: list[str] | None = None, own_group: bool = False) -> ReverserdProcess:
         process = ReverserdProcess([*(command or [REVERSERD]), *args], tmp_path,
-                                   {**os.environ, **(env or {})})
+                                   {**os.environ, **(env or {})}, own_group)
         started.append(process)
         return process
 

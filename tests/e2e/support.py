@@ -62,10 +62,12 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = DEAD
 class ReverserdProcess:
     """A reverserd child whose stdout (its log, in the foreground) is collected."""
 
-    def __init__(self, args: list[str], cwd: pathlib.Path, env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], cwd: pathlib.Path, env: dict[str, str],
+                 own_group: bool = False) -> None:
         self.popen = subprocess.Popen(
             args, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            process_group=0 if own_group else None,
         )
         self.pid = self.popen.pid
         self._lines: list[str] = []
@@ -111,6 +113,11 @@ class ReverserdProcess:
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)
+
+    def signal_group(self, signum: int) -> None:
+        """Signal every process in the group at once, as a terminal's Ctrl-C does;
+        the process must have been started with ``own_group``."""
+        os.killpg(self.pid, signum)
 
     def wait(self, timeout: float = DEADLINE) -> int:
         status = self.popen.wait(timeout)
