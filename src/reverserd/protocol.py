@@ -522,10 +522,8 @@ def close_after_replies(transport: asyncio.Transport) -> None:
     """
     try:
         transport.write_eof()
-    except NotImplementedError:  # no half-close (TLS): asking can_write_eof() costs a call
-        pass
-    except OSError:  # the peer is gone already: close says so
-        pass
+    except (NotImplementedError, OSError):  # no half-close (TLS; asking can_write_eof()
+        pass  # costs a call), or the peer is gone already: close alone ends it
     transport.close()
 
 
